@@ -1,0 +1,1 @@
+"""Command-line entry points: mta, ezlist, and the qmail-queue / sendmail shims."""
