@@ -1,0 +1,87 @@
+"""Delivery worker processes and the line protocol between them and the scheduler.
+
+As qmail-send talks to qmail-rspawn and qmail-lspawn over pipes, the scheduler runs
+each delivery worker as a child process (``python -m mta.remote.worker`` or
+``python -m mta.lspawn``) and talks to it over its stdin/stdout, one JSON object a
+line:
+
+    scheduler -> worker   {"jobs": [{"m": msg, "s": sender, "d": [[ip, port], ...],
+                                      "r": [[rcpt_id, address, local], ...]}, ...]}
+    worker -> scheduler   {"res": [[rcpt_id, "K"|"Z"|"D", text, dsn], ...]}
+
+``d`` (destinations, remote only) lists the receiving hosts in MX order; ``local``
+(local only) is the local part after locals/virtualdomains mapping. K, Z and D are
+qmail's success, temporary and permanent reports. JSON rather than pickle: a worker
+parses untrusted network input and may run under another uid, so what it sends back
+must not be able to run code in the scheduler.
+
+Public: WorkerProcess (start, send_jobs, results(), stop), encode_results, decode.
+A worker that dies is reported by ``results()`` ending; the scheduler then forgets
+what it had in flight there (it is fetched again: at least once, never lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import AsyncIterator
+
+__all__ = ["WorkerProcess", "encode_results"]
+
+_LIMIT = 64 * 1024 * 1024
+
+
+def encode_results(results: list[list]) -> bytes:
+    return json.dumps({"res": results}, separators=(",", ":")).encode() + b"\n"
+
+
+class WorkerProcess:
+    """One child worker; ``module`` is the ``python -m`` module to run."""
+
+    def __init__(self, module: str, args: list[str], name: str):
+        self.module, self.args, self.name = module, args, name
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = dict(os.environ)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self.module, *self.args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_LIMIT, env=env)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def send_jobs(self, jobs: list[dict]) -> None:
+        assert self.proc and self.proc.stdin
+        self.proc.stdin.write(json.dumps({"jobs": jobs}, separators=(",", ":")).encode() + b"\n")
+
+    async def drain(self) -> None:
+        assert self.proc and self.proc.stdin
+        await self.proc.stdin.drain()
+
+    async def results(self) -> AsyncIterator[list[list]]:
+        """Yield each batch of results until the worker's stdout closes."""
+        assert self.proc and self.proc.stdout
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                return
+            try:
+                yield json.loads(line)["res"]
+            except (ValueError, KeyError, TypeError):
+                sys.stderr.write(f"alert: {self.name} sent a mangled report line; ignored\n")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Close its input (it finishes what it has, then exits); kill it if it lingers."""
+        if not self.proc:
+            return
+        if self.proc.stdin and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
