@@ -1,0 +1,91 @@
+"""qmail-queue: queue one message, with qmail-queue(8)'s exact interface.
+
+Input: the message on fd 0, read to EOF first; then the envelope on fd 1:
+``F`` sender ``\\0``, ``T`` recipient ``\\0`` for each recipient, and one more
+``\\0``. The envelope is parsed while it is read (streamed into the database), so
+a million recipients cost no memory. Exactly one line is prepended to the message:
+``Received: (qmail PID invoked by uid UID); D Mon YYYY HH:MM:SS -0000``.
+Addresses are stored as given. The instance is ``$MTA_ROOT``, else ``./var``.
+
+Output: nothing on fd 1 (it is the envelope); on failure one diagnostic line on
+fd 2 (qmail-queue prints nothing; fd 2 is otherwise unused by the interface).
+
+Exit codes (qmail's; 11..40 permanent, the rest temporary). Any code but 0
+leaves nothing in the queue:
+    0 queued           11 address longer than 1002 bytes    51 out of memory
+    52 timeout (24 h suicide timer, or the queue stayed locked)
+    53 write error (disk full, EIO)   54 cannot read the message or envelope,
+    including EOF before the envelope's final NUL   61 instance root missing
+    62 queue missing or unusable      64 cannot move the body into queue/mess/
+    81 internal bug    91 envelope format error (record not F/T, empty recipient,
+    address not UTF-8)
+
+Kept light on purpose (no click, no control files): it runs once per injection;
+see ``python -X importtime -m cli.qmail_queue``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+DEATH = 86400  # qmail-queue's suicide timer, seconds
+
+
+def _die_timeout(signum, frame) -> None:
+    os._exit(52)  # qmail: "thou shalt not clean up here"; clean_queue will
+
+
+def main() -> None:
+    signal.signal(signal.SIGALRM, _die_timeout)
+    signal.alarm(DEATH)
+    try:
+        code = _run()
+    except MemoryError:
+        code = 51
+    except Exception as exc:  # a bug: report it, exit as qmail-queue's sigbug does
+        _complain(f"internal error: {exc!r}")
+        code = 81
+    sys.exit(code)
+
+
+def _run() -> int:
+    import time
+    from mta.queue.envelope import read_envelope
+    from mta.queue.errors import QueueError, ReadError
+    from mta.queue.inject import commit_body, qmail_received, write_body
+    from mta.queue.store import open_queue
+
+    root = os.environ.get("MTA_ROOT") or "var"
+    try:
+        conn = open_queue(root, create=False)
+        try:
+            try:
+                message = open(0, "rb", buffering=0, closefd=False)
+            except OSError as exc:
+                raise ReadError(f"cannot read the message: {exc}") from exc
+            body = write_body(root, message, qmail_received(os.getpid(), os.getuid(), time.time()))
+            try:
+                sender, recipients = read_envelope(lambda n: os.read(1, n))
+            except BaseException:
+                body.discard()
+                raise
+            commit_body(root, body, sender, recipients, conn=conn)
+        finally:
+            conn.close()
+    except QueueError as exc:
+        _complain(str(exc))
+        return exc.exit_code
+    return 0
+
+
+def _complain(text: str) -> None:
+    try:
+        os.write(2, f"qmail-queue: {text}\n".encode(errors="replace"))
+    except OSError:
+        return  # no stderr: the exit code says it all
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Queue cleanup (qmail-clean's job): remove leftovers of dead injectors; remove
+finished messages.
+
+``clean_queue(root)`` runs at scheduler start-up (and may run at any time, even
+while injectors are writing). It removes:
+
+- a ``queue/tmp/`` file whose flock it can take: every live writer holds the lock
+  on its tmp file from creation until after its commit, so a free lock means the
+  writer died. (A writer that created the file but has not locked it yet notices
+  the unlink and starts over: see ``inject._create_tmp``.)
+- a ``queue/mess/N`` file with no committed ``messages`` row, checked while this
+  process holds the database write lock (BEGIN IMMEDIATE): a live injector holds
+  that lock from the INSERT that allocates N to its COMMIT, so no live injection
+  can be half-way while we look. The file's flock must be free too.
+
+``remove_message(root, conn, msg_id)`` deletes a finished message: rows first (one
+transaction), then the file. A crash in between leaves a file without rows, which
+``clean_queue`` removes; never rows without their file.
+
+Public:
+    clean_queue(root) -> int                    number of files removed
+    remove_message(root, conn, msg_id) -> None  commits on ``conn``
+
+Failures: QueueError from open_queue; OSError other than "already gone" from
+listing or unlinking, and sqlite3.Error, propagate (the caller logs and retries).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+
+from mta.queue.store import fsync_dir, message_path, open_queue
+
+__all__ = ["clean_queue", "remove_message"]
+
+
+def clean_queue(root: str | os.PathLike) -> int:
+    """Remove half-written leftovers; return how many files were removed."""
+    qdir = Path(root) / "queue"
+    conn = open_queue(root)
+    try:
+        removed = sum(_remove_if_unlocked(qdir / "tmp" / name)
+                      for name in os.listdir(qdir / "tmp"))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            removed += _clean_mess(conn, qdir / "mess")
+        finally:
+            conn.rollback()
+    finally:
+        conn.close()
+    if removed:
+        fsync_dir(qdir / "tmp")
+        fsync_dir(qdir / "mess")
+    return removed
+
+
+def _clean_mess(conn: sqlite3.Connection, mess: Path) -> int:
+    removed = 0
+    for name in os.listdir(mess):
+        if not name.isdigit():
+            continue  # not ours: never delete what we did not write
+        if conn.execute("SELECT 1 FROM messages WHERE id = ?", (int(name),)).fetchone():
+            continue
+        removed += _remove_if_unlocked(mess / name)
+    return removed
+
+
+def _remove_if_unlocked(path: Path) -> int:
+    """Unlink ``path`` if nobody holds its flock; 1 if removed, else 0."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return 0  # its writer finished (renamed it) or gave up meanwhile
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # a live writer
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return 0  # the name now points at someone else's file
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        return 1
+    finally:
+        os.close(fd)
+
+
+def remove_message(root: str | os.PathLike, conn: sqlite3.Connection, msg_id: int) -> None:
+    """Delete message ``msg_id``: its rows (committed on ``conn``), then its body."""
+    if not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM recipients WHERE msg = ?", (msg_id,))
+        conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    try:
+        os.unlink(message_path(root, msg_id))
+    except FileNotFoundError:
+        return  # a previous attempt got this far, or clean_queue was faster
