@@ -26,6 +26,8 @@ Public API:
     await Resolver.mx_hosts(domain) -> list[(preference, host)] | TempFail | PermFail
     await Resolver.addresses(host) -> list[str] | TempFail | PermFail
     await Resolver.destinations(domain) -> list[str] | TempFail | PermFail
+    Resolver.clear_cache(); Resolver.local_ips
+    temp_dns(), perm_dns(name), perm_null_mx(domain): the failure values
 
 How it fails (values, never exceptions; texts are qmail-remote's):
     NXDOMAIN                       PermFail 5.1.2 "Sorry, I couldn't find any host named D. (#5.1.2)"
@@ -147,6 +149,15 @@ class Resolver:
         self._inflight: dict[tuple[str, str], asyncio.Task] = {}
 
     # -- public -------------------------------------------------------------------
+
+    @property
+    def local_ips(self) -> frozenset[str]:
+        """Our own addresses (canonical text), as given at construction."""
+        return self._local_ips
+
+    def clear_cache(self) -> None:
+        """Forget every cached answer (on SIGALRM, so a fixed DNS problem shows at once)."""
+        self._cache.clear()
 
     async def mx_hosts(self, domain: str) -> MxResult:
         """MX hosts of ``domain`` as (preference, host), best first.
