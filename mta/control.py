@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mta.remote.routes import Route, parse_routes
+from mta.remote.routes import Route, parse_routes, route_for
 
 __all__ = ["Control", "ControlError", "Setting", "SETTINGS", "load_control", "domain_matches"]
 
@@ -150,22 +150,8 @@ class Control:
         return vd.get("") or None
 
     def route_for(self, domain: str, routes: tuple[Route, ...] | None = None) -> Route | None:
-        """The first matching static route (exact, then ``.suffix``, then default)."""
-        routes = self.smtproutes if routes is None else routes
-        domain = domain.lower()
-        exact = [r for r in routes if r.domain == domain]
-        if exact:
-            return exact[0]
-        parts = domain.split(".")
-        for i in range(1, len(parts)):
-            suffix = "." + ".".join(parts[i:])
-            for r in routes:
-                if r.domain == suffix:
-                    return r
-        for r in routes:
-            if r.domain == "":
-                return r
-        return None
+        """The static route for ``domain`` (exact, then ``.suffix``, then default)."""
+        return route_for(domain, self.smtproutes if routes is None else routes)
 
     def rcpt_allowed(self, domain: str) -> bool:
         """May a client that is not allowed to relay send to ``domain``?"""

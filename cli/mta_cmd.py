@@ -1,0 +1,90 @@
+"""The ``mta`` command: instance setup, inspection, injection and the daemons.
+
+Every subcommand finds its instance from ``--root DIR``, else ``$MTA_ROOT``, else
+``./var``. Errors are printed on stderr with a non-zero exit: 100 for a permanent
+problem (bad input), 111 for a temporary one (qmail's convention).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cli.mta_queue_cmds import QUEUE_COMMANDS
+from mta.instance import InstanceError, find_root, init_instance
+
+
+@click.group()
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="instance folder (default: $MTA_ROOT, else ./var)")
+@click.pass_context
+def main(ctx: click.Context, root: Path | None) -> None:
+    """qmail-compatible MTA core built for mailing-list fan-out."""
+    ctx.obj = find_root(root)
+
+
+def _control(root: Path):
+    from mta.control import ControlError, load_control
+
+    try:
+        return load_control(root)
+    except ControlError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
+@click.option("--me", default=None, help="this host's fully qualified name (control/me)")
+@click.pass_obj
+def init(root: Path, me: str | None) -> None:
+    """Create an instance (control/, queue/, alias/, lists/, log/); idempotent."""
+    try:
+        created = init_instance(root, me)
+    except InstanceError as e:
+        raise click.ClickException(str(e)) from e
+    if created:
+        click.echo(f"{root}: created {' '.join(created)}")
+    else:
+        click.echo(f"{root}: already an instance; nothing to do")
+
+
+@main.command()
+@click.pass_obj
+def showctl(root: Path) -> None:
+    """Print every control setting, its value, and whether it is the default."""
+    ctl = _control(root)
+    click.echo(f"instance: {root.resolve()}")
+    for setting, value, is_default in ctl.settings():
+        shown = _show_value(value)
+        mark = "(default)" if is_default else ""
+        unit = f" {setting.unit}" if setting.unit and shown not in ("", "(none)") else ""
+        click.echo(f"{setting.name}: {shown}{unit} {mark}".rstrip())
+        click.echo(f"    {setting.doc}")
+
+
+def _show_value(value) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, (frozenset, set)):
+        return ", ".join(sorted(value)) or "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}:{v}" for k, v in sorted(value.items())) or "(none)"
+    if isinstance(value, tuple):
+        return "; ".join(_show_item(v) for v in value) or "(none)"
+    return str(value)
+
+
+def _show_item(v) -> str:
+    if isinstance(v, tuple):
+        return ":".join(str(x) for x in v)
+    if hasattr(v, "domain"):
+        return f"{v.domain}:{v.host}:{v.port}"
+    return str(v)
+
+
+for _command in QUEUE_COMMANDS:
+    main.add_command(_command)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""A remote delivery worker process (qmail-rspawn + qmail-remote in one event loop).
+
+Run by the scheduler as ``python -m mta.remote.worker --root DIR --connections N``;
+reads jobs on stdin and writes K/Z/D results on stdout (protocol in
+``mta.send.spawn``). It owns every connection to the hosts the scheduler assigns
+it, so connections are reused across messages and across domains sharing an MX.
+
+For each job it builds transactions: a VERPed message gets one transaction a
+recipient (each with its own ``MAIL FROM``); otherwise up to ``MAX_RCPTS``
+recipients of one message share one. Transactions wait in their host's queue
+(``HostState``); connection tasks take them in turn, at most ``connections`` at
+once in this worker and at most the host's adaptive ceiling per host, and reuse a
+connection for up to ``MAX_TXNS_PER_CONN`` transactions (RSET between them).
+
+The body is read from ``queue/mess/N`` and prepared (CRLF, dot-stuffed, final
+dot) once per message, then written from that same buffer for every transaction.
+
+Failures: a connection that cannot be made or is turned away lowers the host's
+ceiling; when nothing to the host works the host is marked down (qmail's timeout
+table) and its transactions go to the next MX, or come back as Z (deferred). A
+connection that dies mid-transaction reports Z for that transaction's recipients.
+Closing stdin asks the worker to finish what it holds and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import asyncio
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from mta.control import load_control
+from mta.interfaces import Delivered, PermFail, TempFail
+from mta.net.smtp_client import ConnectionFailed, open_smtp_connection
+from mta.queue import message_path
+from mta.remote.body import prepare_body
+from mta.remote.hosts import HostState, Txn
+from mta.send.spawn import encode_results
+from mta.verp import is_verp, verp_sender
+
+
+MAX_RCPTS = 100
+MAX_TXNS_PER_CONN = 1000
+BODY_CACHE = 64
+
+
+class RemoteWorker:
+    def __init__(self, root: Path, connections: int, clock=time.monotonic):
+        self.root = root
+        self.ctl = load_control(root)
+        self.connections = connections
+        self.clock = clock
+        self.hosts: dict[tuple, HostState] = {}
+        self.waiting: OrderedDict[tuple, None] = OrderedDict()
+        self.total = 0
+        self.results: list[list] = []
+        self.have_results = asyncio.Event()
+        self.bodies: OrderedDict[int, bytes] = OrderedDict()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        w_transport, w_protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, sys.stdout)
+        writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
+        sender = asyncio.create_task(self._send_results(writer))
+        while line := await reader.readline():
+            for job in json.loads(line)["jobs"]:
+                self._take_job(job)
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))
+        sender.cancel()
+        self._write_results(writer)
+        await writer.drain()
+
+    # -- jobs into host queues ------------------------------------------------------
+    def _take_job(self, job: dict) -> None:
+        dests = [tuple(d) for d in job["d"]]
+        sender, rcpts = job["s"], job["r"]
+        if is_verp(sender):
+            txns = [Txn(job["m"], verp_sender(sender, addr), [(rid, addr)], dests[1:])
+                    for rid, addr in rcpts]
+        else:
+            txns = [Txn(job["m"], sender, [tuple(r) for r in rcpts[i:i + MAX_RCPTS]], dests[1:])
+                    for i in range(0, len(rcpts), MAX_RCPTS)]
+        for t in txns:
+            self._queue(dests[0], t)
+
+    def _host(self, key: tuple) -> HostState:
+        h = self.hosts.get(key)
+        if h is None:
+            limit = self.ctl.hostconcurrency.get(key[0], self.ctl.concurrencyperhost) or 1
+            h = self.hosts[key] = HostState(key, max_limit=limit)
+        return h
+
+    def _queue(self, key: tuple, txn: Txn) -> None:
+        h = self._host(key)
+        if h.is_down(self.clock()):
+            self._fail_over(txn, TempFail(f"{key[0]} is not answering; will retry later", "4.4.1"))
+            return
+        h.queue.append(txn)
+        self._kick(h)
+
+    def _fail_over(self, txn: Txn, outcome) -> None:
+        """Hand a transaction to its next MX, or report its outcome."""
+        if isinstance(outcome, TempFail) and txn.dests:
+            nxt, txn.dests = txn.dests[0], txn.dests[1:]
+            self._queue(nxt, txn)
+        else:
+            self._report(txn, [outcome] * len(txn.rcpts))
+
+    def _kick(self, h: HostState) -> None:
+        while h.wanted() > 0:
+            if self.total >= self.connections:
+                self.waiting[h.key] = None
+                return
+            h.active += 1
+            self.total += 1
+            t = asyncio.create_task(self._connection(h))
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+
+    def _slot_freed(self) -> None:
+        while self.waiting and self.total < self.connections:
+            key, _ = self.waiting.popitem(last=False)
+            self._kick(self.hosts[key])
+
+    # -- one connection -------------------------------------------------------------
+    async def _connection(self, h: HostState) -> None:
+        try:
+            await self._converse(h)
+        finally:
+            h.active -= 1
+            self.total -= 1
+            if h.queue:
+                self._kick(h)
+            self._slot_freed()
+
+    async def _converse(self, h: HostState) -> None:
+        ctl = self.ctl
+        try:
+            conn = await open_smtp_connection(
+                h.key[0], h.key[1], helo=ctl.helohost, timeout_connect=ctl.timeoutconnect,
+                timeout_reply=ctl.timeoutremote)
+        except ConnectionFailed as cf:
+            if h.connect_failed(self.clock()):
+                while h.queue:
+                    self._fail_over(h.queue.popleft(), cf.outcome)
+            return
+        h.established += 1
+        try:
+            while h.queue and conn.transactions_done < MAX_TXNS_PER_CONN:
+                txn = h.queue.popleft()
+                body = self._body(txn.msg)
+                if body is None:
+                    self._report(txn, [TempFail("unable to read the queued message", "4.3.0")]
+                                 * len(txn.rcpts))
+                    continue
+                outcomes = await conn.send_transaction(txn.sender, [a for _, a in txn.rcpts], body)
+                self._report(txn, outcomes)
+                if not conn.usable:
+                    break
+                h.transaction_done()
+            await conn.quit()
+        finally:
+            h.established -= 1
+            conn.close()
+
+    def _body(self, msg: int) -> bytes | None:
+        body = self.bodies.get(msg)
+        if body is not None:
+            self.bodies.move_to_end(msg)
+            return body
+        try:
+            raw = message_path(self.root, msg).read_bytes()
+        except OSError:
+            return None
+        body = self.bodies[msg] = prepare_body(raw)
+        if len(self.bodies) > BODY_CACHE:
+            self.bodies.popitem(last=False)
+        return body
+
+    # -- results --------------------------------------------------------------------
+    def _report(self, txn: Txn, outcomes) -> None:
+        for (rid, _), o in zip(txn.rcpts, outcomes):
+            if isinstance(o, Delivered):
+                self.results.append([rid, "K", o.text, "2.0.0"])
+            elif isinstance(o, PermFail):
+                self.results.append([rid, "D", o.reason, o.dsn])
+            else:
+                self.results.append([rid, "Z", o.reason, o.dsn])
+        self.have_results.set()
+
+    async def _send_results(self, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await self.have_results.wait()
+            await asyncio.sleep(0.01)  # gather a batch: one line per ~10 ms
+            self.have_results.clear()
+            self._write_results(writer)
+            await writer.drain()
+
+    def _write_results(self, writer: asyncio.StreamWriter) -> None:
+        if self.results:
+            batch, self.results = self.results, []
+            writer.write(encode_results(batch))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="mta.remote.worker")
+    ap.add_argument("--root", required=True, type=Path)
+    ap.add_argument("--connections", type=int, default=20)
+    args = ap.parse_args(argv)
+    import uvloop
+
+    uvloop.run(RemoteWorker(args.root, args.connections).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""The scheduler (qmail-send's job): who is due, where to, results, retries, bounces.
+
+Theory of operation
+-------------------
+The queue holds one row a recipient. The scheduler walks the due rows in
+``(next_try, id)`` order with a cursor (a "pass"), a batch of a few thousand at a
+time, and keeps at most ``window`` recipients in flight, so a million-recipient
+fan-out is streamed, never loaded. Each row is routed:
+
+- local (``locals`` / ``virtualdomains``): to the local worker (``mta.lspawn``);
+- remote: its domain is resolved (``smtproutes`` first, else DNS; cached by TTL)
+  to a list of receiving hosts, and the row goes to the remote worker that owns
+  the first host (hash of the host), so one worker holds every connection to a
+  host and can reuse them across messages and domains. At most ``per_dest`` rows
+  for one host are in flight, so a slow host cannot starve the others.
+
+Workers answer K/Z/D per recipient. Results are buffered and committed every
+``flush_interval`` seconds in one transaction; only after the commit does a row
+leave the in-flight set, so it can never be fetched twice at once. A crash between
+a delivery and its commit re-delivers it after restart (at least once).
+
+Z (temporary) sets ``next_try`` by qmail's schedule; if the attempt was made after
+``queuelifetime`` it is converted to a failure with qmail's "too long" text. D
+(permanent) marks the row failed. Failures are reported by ``Bouncer``: per
+recipient as soon as they happen for VERPed messages (each goes to its own VERP
+address), in one QSBMF for the others once the message has nothing left to try.
+A message with nothing left is removed ("end msg N").
+
+A pass ends when the cursor runs off the end; a new one starts on a trigger (an
+injection pokes ``queue/lock/trigger``), SIGALRM (everything deferred becomes due
+now, as qmail), the time of the next due row, or when capacity freed up after rows
+were skipped for a busy host.
+
+Signals: ALRM reschedules now; HUP re-reads control files (a bad file keeps the old
+ones and logs an alert); TERM stops fetching, lets workers finish, commits, exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from mta.control import ControlError, load_control
+from mta.interfaces import PermFail, TempFail
+from mta.queue import clean_queue, open_queue
+from mta.send import store
+from mta.send.bouncer import Bouncer
+from mta.send.log import SendLog
+from mta.send.router import Router
+from mta.send.schedule import TOO_LONG, expired, next_retry
+from mta.send.spawn import WorkerProcess
+from mta.verp import is_verp
+
+__all__ = ["Scheduler"]
+
+START = (-1.0, 0)
+
+
+@dataclass(slots=True)
+class Flight:
+    delivery: int
+    msg: int
+    remote: bool
+    dest: tuple | None
+
+
+class Scheduler:
+    def __init__(self, root: Path, *, workers: int | None = None, echo: bool = False,
+                 window: int = 20000, batch: int = 5000, per_dest: int = 3000,
+                 flush_interval: float = 0.1, clock=time.time):
+        self.root = Path(root)
+        self.nworkers = workers or os.cpu_count() or 1
+        self.window, self.batch, self.per_dest = window, batch, per_dest
+        self.flush_interval = flush_interval
+        self.clock = clock
+        self.echo = echo
+        self.inflight: dict[int, Flight] = {}
+        self.dest_inflight: Counter = Counter()
+        self.pending: list[tuple] = []
+        self.cursor = START
+        self.pass_open = True
+        self.pass_wanted = True
+        self.skipped = False
+        self.stopping = False
+        self.wake = asyncio.Event()
+        self.msgs: dict[int, store.MessageInfo] = {}
+        self.left: dict[int, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def run(self) -> None:
+        self.ctl = load_control(self.root)
+        clean_queue(self.root)
+        self.conn = open_queue(self.root)
+        self.log = SendLog(self.root / "log" / "send", echo=self.echo, clock=self.clock)
+        self.router = Router(self.ctl)
+        self.bouncer = Bouncer(self.root, self.ctl, self.conn, self.log)
+        self.left = store.remaining(self.conn)
+        (self.root / "queue" / "lock" / "sendpid").write_text(f"{os.getpid()}\n")
+        await self._start_workers()
+        self._install_signals()
+        trigger_fd = self._open_trigger()
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            self._finish_idle_messages()
+            await self._main_loop()
+        finally:
+            flusher.cancel()
+            await self._shutdown(trigger_fd)
+
+    async def _main_loop(self) -> None:
+        while not self.stopping:
+            self._announce_new()
+            await self._fill()
+            timeout = self._sleep_time()
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                self.pass_wanted = True
+
+    def _sleep_time(self) -> float:
+        if self.pass_open and len(self.inflight) < self.window:
+            return 0.05
+        nxt = store.next_due_time(self.conn)
+        if nxt is None:
+            return 5.0
+        return min(5.0, max(0.05, nxt - self.clock()))
+
+    async def _start_workers(self) -> None:
+        n = max(1, min(self.nworkers, self.ctl.concurrencyremote or 1))
+        per = max(1, self.ctl.concurrencyremote // n)
+        root = str(self.root)
+        self.remote = [WorkerProcess("mta.remote.worker", ["--root", root, "--connections", str(per)],
+                                     f"remote worker {i}") for i in range(n)]
+        self.local = WorkerProcess("mta.lspawn", ["--root", root], "local worker")
+        self.readers = []
+        for w in self.remote + [self.local]:
+            await w.start()
+            self.readers.append(asyncio.create_task(self._read_results(w)))
+
+    async def _read_results(self, worker: WorkerProcess) -> None:
+        while True:
+            async for batch in worker.results():
+                self.pending.extend(batch)
+            if self.stopping:
+                return
+            self.log.line(f"alert: {worker.name} died; restarting it")
+            self._forget_worker(worker)
+            await asyncio.sleep(0.5)
+            await worker.start()
+
+    def _forget_worker(self, worker: WorkerProcess) -> None:
+        """Rows in flight at a dead worker go back to being due (maybe delivered twice)."""
+        local = worker is self.local
+        idx = None if local else self.remote.index(worker)
+        lost = [rid for rid, fl in self.inflight.items()
+                if (not fl.remote) if local else (fl.remote and fl.dest is not None
+                                                   and self._worker_index(fl.dest) == idx)]
+        for rid in lost:
+            fl = self.inflight.pop(rid)
+            if fl.dest is not None:
+                self.dest_inflight[fl.dest] -= 1
+            self.log.result(fl.delivery, "deferral", "worker died; will retry (possible duplicate)")
+        self.pass_wanted = True
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGALRM, self._on_alarm)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGTERM, self._on_term)
+        loop.add_signal_handler(signal.SIGINT, self._on_term)
+
+    def _on_alarm(self) -> None:
+        store.reschedule_all(self.conn, self.clock())
+        self.router.forget()
+        self._want_pass()
+
+    def _on_hup(self) -> None:
+        try:
+            self.ctl = load_control(self.root)
+        except ControlError as e:
+            self.log.line(f"alert: unable to reread controls, keeping the old ones: {e}")
+            return
+        self.router = Router(self.ctl)
+        self.bouncer.ctl = self.ctl
+        self._want_pass()
+
+    def _on_term(self) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def _want_pass(self) -> None:
+        self.pass_wanted = True
+        self.wake.set()
+
+    def _open_trigger(self) -> int | None:
+        path = self.root / "queue" / "lock" / "trigger"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            # keep a writer open ourselves so the FIFO never reports EOF
+            self._trigger_w = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            self.log.line(f"warning: trouble opening {path}: {e}; polling instead")
+            return None
+        asyncio.get_running_loop().add_reader(fd, self._on_trigger, fd)
+        return fd
+
+    def _on_trigger(self, fd: int) -> None:
+        try:
+            os.read(fd, 4096)
+        except BlockingIOError:
+            pass
+        self._want_pass()
+
+    async def _shutdown(self, trigger_fd: int | None) -> None:
+        for w in self.remote + [self.local]:
+            await w.stop()
+        for r in self.readers:
+            r.cancel()
+        self._flush()
+        if trigger_fd is not None:
+            asyncio.get_running_loop().remove_reader(trigger_fd)
+            os.close(trigger_fd)
+            os.close(self._trigger_w)
+        self.log.line("status: exiting")
+        self.log.close()
+        self.conn.close()
+
+    # -- fetching and dispatching -------------------------------------------------
+    def _announce_new(self) -> None:
+        for info in store.new_messages(self.conn):
+            self.msgs[info.msg_id] = info
+            self.left.setdefault(info.msg_id, info.nrcpt)
+            self.log.new_msg(info.msg_id)
+            self.log.info_msg(info.msg_id, info.bytes, info.sender, info.qp, info.uid)
+            if info.nrcpt == 0:
+                self._finish_message(info.msg_id)
+
+    async def _fill(self) -> None:
+        if not self.pass_open:
+            if not self.pass_wanted:
+                return
+            self.cursor, self.pass_open, self.pass_wanted, self.skipped = START, True, False, False
+        while self.pass_open and len(self.inflight) < self.window and not self.stopping:
+            rows = store.fetch_due(self.conn, self.clock(), self.cursor, self.batch)
+            if rows:
+                self.cursor = (rows[-1].next_try, rows[-1].rcpt_id)
+            if len(rows) < self.batch:
+                self.pass_open = False
+                self.pass_wanted = self.skipped
+            fresh = [r for r in rows if r.rcpt_id not in self.inflight]
+            if fresh:
+                await self._dispatch(fresh)
+        self.log.flush()
+
+    def _info(self, msg_id: int) -> store.MessageInfo | None:
+        info = self.msgs.get(msg_id)
+        if info is None:
+            info = store.message_info(self.conn, msg_id)
+            if info is not None:
+                self.msgs[msg_id] = info
+        return info
+
+    async def _dispatch(self, rows: list[store.Due]) -> None:
+        local_jobs: dict[int, list] = defaultdict(list)
+        by_domain: dict[str, list[store.Due]] = defaultdict(list)
+        for r in rows:
+            local = self.ctl.local_part_for(r.addr)
+            if local is not None:
+                local_jobs[r.msg_id].append(r)
+                self._fly(r, False, None, "local", r.addr)
+            else:
+                by_domain[r.domain].append(r)
+        if local_jobs:
+            self.local.send_jobs([
+                {"m": m, "s": self._info(m).sender,
+                 "r": [[r.rcpt_id, r.addr, self.ctl.local_part_for(r.addr)] for r in rs]}
+                for m, rs in local_jobs.items()])
+        if by_domain:
+            await self._dispatch_remote(by_domain)
+
+    async def _dispatch_remote(self, by_domain: dict[str, list[store.Due]]) -> None:
+        domains = list(by_domain)
+        dests = await asyncio.gather(*(self.router.resolve(d) for d in domains))
+        jobs: dict[int, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
+        for domain, dest in zip(domains, dests):
+            rows = by_domain[domain]
+            if isinstance(dest, (TempFail, PermFail)):
+                code = "Z" if isinstance(dest, TempFail) else "D"
+                for r in rows:
+                    self._fly(r, True, None, "remote", r.addr)
+                    self.pending.append([r.rcpt_id, code, dest.reason, dest.dsn])
+                continue
+            key = tuple(dest[0])
+            room = self.per_dest - self.dest_inflight[key]
+            if room < len(rows):
+                self.skipped = True
+                rows = rows[:max(0, room)]
+            for r in rows:
+                self._fly(r, True, key, "remote", r.addr)
+                jobs[self._worker_index(key)][(r.msg_id, tuple(map(tuple, dest)))].append(
+                    [r.rcpt_id, r.addr])
+        for idx, groups in jobs.items():
+            self.remote[idx].send_jobs([
+                {"m": m, "s": self._info(m).sender, "d": [list(d) for d in ds], "r": rs}
+                for (m, ds), rs in groups.items()])
+        for w in self.remote:
+            if w.alive:
+                await w.drain()
+
+    def _worker_index(self, dest: tuple) -> int:
+        return hash(dest) % len(self.remote)
+
+    def _fly(self, r: store.Due, remote: bool, dest, channel: str, addr: str) -> None:
+        d = self.log.starting(r.msg_id, channel, addr)
+        self.inflight[r.rcpt_id] = Flight(d, r.msg_id, remote, dest)
+        if dest is not None:
+            self.dest_inflight[dest] += 1
+
+    # -- results ------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            if self.pending:
+                self._flush()
+                self.wake.set()
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        now = self.clock()
+        delivered, deferred, failed, done = [], [], [], []
+        verp_failed: dict[int, list[int]] = defaultdict(list)
+        for rid, code, text, *_ in batch:
+            fl = self.inflight.get(rid)
+            if fl is None:
+                continue
+            info = self._info(fl.msg)
+            if code == "K":
+                delivered.append((text, rid))
+                self.log.result(fl.delivery, "success", text)
+            elif code == "Z" and not expired(info.created, now, self.ctl.queuelifetime):
+                deferred.append((next_retry(info.created, now, fl.remote), text, rid))
+                self.log.result(fl.delivery, "deferral", text)
+                continue
+            else:
+                text = f"{text}\n{TOO_LONG}" if code == "Z" else text
+                failed.append((text, rid))
+                self.log.result(fl.delivery, "failure", text)
+                if is_verp(info.sender):
+                    verp_failed[fl.msg].append(rid)
+            done.append(fl.msg)
+        store.apply_results(self.conn, delivered, deferred, failed)
+        for rid, *_ in batch:
+            fl = self.inflight.pop(rid, None)
+            if fl is not None and fl.dest is not None:
+                self.dest_inflight[fl.dest] -= 1
+        if deferred or self.skipped:
+            self.pass_wanted = True
+        for msg_id, rids in verp_failed.items():
+            self.bouncer.report(self._info(msg_id), only=set(rids))
+        for msg_id in done:
+            self.left[msg_id] = self.left.get(msg_id, 1) - 1
+            if self.left[msg_id] <= 0:
+                self._finish_message(msg_id)
+        remote = sum(self.dest_inflight.values())
+        self.log.status(len(self.inflight) - remote, self.ctl.concurrencylocal,
+                        remote, self.ctl.concurrencyremote)
+        self.log.flush()
+
+    def _finish_idle_messages(self) -> None:
+        """Messages left with nothing to try (e.g. a crash after their last result)."""
+        for (msg_id,) in self.conn.execute("SELECT id FROM messages WHERE seen = 1").fetchall():
+            if self.left.get(msg_id, 0) == 0:
+                self._finish_message(msg_id)
+
+    def _finish_message(self, msg_id: int) -> None:
+        info = self._info(msg_id)
+        if info is not None:
+            self.bouncer.report(info)
+            self.bouncer.remove(msg_id)
+            self.log.end_msg(msg_id)
+        self.left.pop(msg_id, None)
+        self.msgs.pop(msg_id, None)

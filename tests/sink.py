@@ -1,0 +1,152 @@
+"""A scriptable receiving SMTP server for tests (in the spirit of Postfix's smtp-sink).
+
+Runs an asyncio server in a background thread on a loopback address. It speaks
+enough ESMTP for our client (EHLO with PIPELINING/8BITMIME/SIZE, MAIL, RCPT, DATA,
+RSET, NOOP, QUIT), records every accepted transaction, counts simultaneous
+sessions (and the peak), and can be told to misbehave:
+
+- ``max_sessions=N``: answer ``421`` to any session beyond the N-th open one;
+- ``rcpt_reply={address: "550 no such user"}``: a chosen reply to RCPT;
+- ``hang_after_354=True``: stop answering after the 354 (RD2);
+- ``delay=seconds``: wait before each reply to the final dot.
+
+Use ``with Sink("127.0.1.1") as s:`` then ``s.port``, ``s.messages``,
+``s.peak_sessions``, ``s.refused``; ``s.wait_for(n, timeout)`` waits (bounded)
+until n recipients were accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Received:
+    sender: str
+    rcpts: list
+    data: bytes
+
+
+@dataclass
+class Sink:
+    host: str = "127.0.0.1"
+    max_sessions: int = 0
+    rcpt_reply: dict = field(default_factory=dict)
+    hang_after_354: bool = False
+    delay: float = 0.0
+    port: int = 0
+    messages: list = field(default_factory=list)
+    sessions: int = 0
+    peak_sessions: int = 0
+    refused: int = 0
+    total_sessions: int = 0
+
+    def __enter__(self) -> "Sink":
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"sink on {self.host} did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def rcpt_count(self) -> int:
+        with self._lock:
+            return sum(len(m.rcpts) for m in self.messages)
+
+    def wait_for(self, n: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.rcpt_count() < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sink {self.host}:{self.port} got {self.rcpt_count()} "
+                                     f"recipients, expected {n} within {timeout}s")
+            time.sleep(0.02)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._session, self.host, self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        server.close()
+
+    async def _session(self, reader, writer) -> None:
+        with self._lock:
+            self.total_sessions += 1
+            if self.max_sessions and self.sessions >= self.max_sessions:
+                self.refused += 1
+                refuse = True
+            else:
+                refuse = False
+                self.sessions += 1
+                self.peak_sessions = max(self.peak_sessions, self.sessions)
+        try:
+            if refuse:
+                writer.write(b"421 too busy, try later\r\n")
+                await writer.drain()
+                return
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away: the session simply ends
+        finally:
+            if not refuse:
+                with self._lock:
+                    self.sessions -= 1
+            writer.close()
+
+    async def _converse(self, reader, writer) -> None:
+        w = writer.write
+        w(b"220 sink ESMTP\r\n")
+        sender, rcpts = None, []
+        while line := await reader.readline():
+            cmd = line.decode("latin-1").rstrip("\r\n")
+            verb = cmd[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                w(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 0\r\n")
+            elif verb == "MAIL":
+                sender, rcpts = cmd[10:].split(">")[0].lstrip("<"), []
+                w(b"250 ok\r\n")
+            elif verb == "RCPT":
+                addr = cmd[8:].split(">")[0].lstrip("<")
+                reply = self.rcpt_reply.get(addr)
+                if reply:
+                    w(reply.encode() + b"\r\n")
+                else:
+                    rcpts.append(addr)
+                    w(b"250 ok\r\n")
+            elif verb == "DATA":
+                if not rcpts:
+                    w(b"554 no valid recipients\r\n")
+                    continue
+                w(b"354 go ahead\r\n")
+                await writer.drain()
+                if self.hang_after_354:
+                    await asyncio.sleep(3600)
+                data = await reader.readuntil(b"\r\n.\r\n")
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                with self._lock:
+                    self.messages.append(Received(sender, rcpts, data[:-3]))
+                w(b"250 ok queued\r\n")
+                sender, rcpts = None, []
+            elif verb == "RSET":
+                sender, rcpts = None, []
+                w(b"250 ok\r\n")
+            elif verb == "QUIT":
+                w(b"221 bye\r\n")
+                await writer.drain()
+                return
+            else:
+                w(b"250 ok\r\n" if verb == "NOOP" else b"502 unimplemented\r\n")
+            await writer.drain()
