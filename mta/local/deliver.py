@@ -71,7 +71,9 @@ class LocalJob:
     """One local delivery: one stored message to one local address.
 
     ``recipient`` is ``local@domain`` after the locals/virtualdomains mapping
-    (``local`` already carries any virtualdomains prefix). ``message_path`` is the
+    (``local`` already carries any virtualdomains prefix); RECIPIENT and the
+    Delivered-To line are built from ``local`` and ``domain``, as qmail-local
+    builds them from its arguments. ``message_path`` is the
     stored message with LF line ends. ``extra_env`` is added to every program's
     environment (e.g. the instance root for ezlist programs).
     """

@@ -85,3 +85,50 @@ def test_lm6_giant_header_line_with_bounded_memory(alias_dir, tmp_path):
     with open(alias_dir / "mbox", "rb") as fh:
         fh.seek(mbox_size - 7)
         assert fh.read() == b"\nbody\n\n"
+
+
+# Appends argv[3] to the mbox argv[1] (or writes it into the Maildir argv[1])
+# with a file size limit of argv[4] bytes, so the write fails half way (EFBIG).
+FULL_DISK = r"""
+import resource, signal, sys
+from pathlib import Path
+from mta.local.maildir import deliver_maildir
+from mta.local.mbox import deliver_mbox
+
+kind, target, mess, limit = sys.argv[1:5]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
+if kind == "mbox":
+    print(repr(deliver_mbox(Path(target), b"From x Thu Jan  1 00:00:00 1970\n", Path(mess))))
+else:
+    print(repr(deliver_maildir(Path(target), b"Delivered-To: x@y\n", Path(mess))))
+"""
+
+
+def run_limited(kind: str, target: Path, message: Path, limit: int) -> str:
+    child = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, kind, str(target), str(message), str(limit)],
+        capture_output=True, timeout=60, check=False,
+    )
+    assert child.returncode == 0, child.stderr.decode()
+    return child.stdout.decode().strip()
+
+
+def test_mbox_write_error_truncates_back(tmp_path):
+    mbox = tmp_path / "mbox"
+    old = b"From a Thu Jan  1 00:00:00 1970\nSubject: old\n\nold\n\n"
+    mbox.write_bytes(old)
+    message = tmp_path / "mess"
+    message.write_bytes(b"Subject: new\n\n" + b"x" * 200_000 + b"\n")
+    result = run_limited("mbox", mbox, message, 100_000)
+    assert result.startswith("TempFail(reason='Unable to write ") and "4.3.0" in result
+    assert mbox.read_bytes() == old
+
+
+def test_maildir_write_error_leaves_nothing(tmp_path):
+    maildir = make_maildir(tmp_path / "Maildir")
+    message = tmp_path / "mess"
+    message.write_bytes(b"Subject: new\n\n" + b"x" * 200_000 + b"\n")
+    result = run_limited("maildir", maildir, message, 100_000)
+    assert result.startswith("TempFail(reason='Temporary error on maildir delivery")
+    assert os.listdir(maildir / "new") == [] and os.listdir(maildir / "tmp") == []

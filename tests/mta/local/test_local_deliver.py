@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -293,3 +294,18 @@ def test_missing_message_is_temporary(alias_dir, make_job, tmp_path):
     write_qmail(alias_dir, ".qmail-joe", "|true\n")
     outcome = outcome_of(make_job, "joe", message_path=tmp_path / "gone")
     assert isinstance(outcome, TempFail) and outcome.dsn == "4.3.0"
+
+
+# -- concurrency: the scheduler runs deliveries in threads -------------------------
+
+
+def test_concurrent_deliveries_to_one_mbox_and_maildir(alias_dir, make_job):
+    make_maildir(alias_dir / "Maildir")
+    write_qmail(alias_dir, ".qmail-joe", "./mbox\n./Maildir/\n")
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: outcome_of(make_job, "joe"), range(16)))
+    assert outcomes == [Delivered("did 2+0+0")] * 16
+    box = mailbox.mbox(alias_dir / "mbox")
+    assert [m["Subject"] for m in box] == ["hello"] * 16
+    assert all(m.get_payload() == "line one\n>From the start\n>>From quoted\n" for m in box)
+    assert len(os.listdir(alias_dir / "Maildir" / "new")) == 16
