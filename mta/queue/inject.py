@@ -221,7 +221,8 @@ def _rows(msg_id: int, recipients: Iterable[str]):
             raise EnvelopeFormatError("empty recipient address")
         if len(addr) > 250 or "\0" in addr:
             _check_address(addr)
-        yield msg_id, addr, addr.rpartition("@")[2].lower()
+        _, at, domain = addr.rpartition("@")
+        yield msg_id, addr, domain.lower() if at else ""
 
 
 def _check_address(addr: str) -> None:
