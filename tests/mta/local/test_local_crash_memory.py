@@ -9,7 +9,7 @@ from pathlib import Path
 
 from local_helpers import make_maildir, write_qmail
 from mta.interfaces import Delivered
-from mta.local import LocalJob, deliver_local
+from mta.local import deliver_local
 
 # Delivers argv[3] to argv[2] through alias dir argv[1]; prints the outcome, then
 # its own peak RSS in KiB: VmHWM, the high-water mark of this process's memory
@@ -19,7 +19,7 @@ from mta.local import LocalJob, deliver_local
 CHILD = r"""
 import re, sys
 from pathlib import Path
-from mta.local import LocalJob, deliver_local
+from mta.local import deliver_local
 
 def refuse(sender, recipients, message):
     raise RuntimeError("no forwards expected")
