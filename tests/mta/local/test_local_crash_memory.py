@@ -19,7 +19,7 @@ from mta.local import deliver_local
 CHILD = r"""
 import re, sys
 from pathlib import Path
-from mta.local import deliver_local
+from mta.local import LocalJob, deliver_local
 
 def refuse(sender, recipients, message):
     raise RuntimeError("no forwards expected")
