@@ -96,8 +96,7 @@ class _QmtpConnection(asyncio.Protocol):
         self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if peer else "unknown"
         self._core = QmtpServer(lambda address: self._rcpt_allowed(self._peer, address),
