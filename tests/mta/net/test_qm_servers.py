@@ -182,6 +182,32 @@ def test_qmtp_bad_netstring_closes_without_half_close(wire):
     assert run(main()) == b""  # the server closed by itself
 
 
+class SlowFirstQueue(Queue):
+    """The first submission takes longer than the server's idle timeout."""
+
+    async def __call__(self, sender, recipients, data):
+        if not self.messages:
+            await asyncio.sleep(0.5)
+        return await super().__call__(sender, recipients, data)
+
+
+def test_qmtp_replies_keep_package_order_behind_a_slow_submit():
+    async def main():
+        queue = SlowFirstQueue()
+        async with await open_qmtp_server("127.0.0.1", 0, submit=queue, rcpt_allowed=rcpthosts,
+                                          timeout=0.2) as server:
+            return queue, await qmtp_send("127.0.0.1", port_of(server), [
+                ("first@x", ["a@local.test"], BODY),
+                ("second@x", ["b@remote.test"], BODY),  # refused at once by the core
+                ("third@x", ["c@local.test"], BODY),
+            ], timeout=WAIT)
+
+    queue, results = run(main())
+    assert [type(r[0]) for r in results] == [Delivered, PermFail, Delivered]
+    assert results[0][0].text.endswith("qp 1") and results[2][0].text.endswith("qp 2")
+    assert [m[0] for m in queue.messages] == ["first@x", "third@x"]
+
+
 def test_qmtp_idle_client_is_disconnected():
     async def main():
         async with await open_qmtp_server("127.0.0.1", 0, submit=Queue(), rcpt_allowed=rcpthosts,
