@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import time
 from pathlib import Path
 
 SHIM = [sys.executable, "-m", "cli.qmail_queue"]
+RECEIVED_RE = re.compile(
+    rb"\AReceived: \(qmail (\d+) invoked by uid (\d+)\); "
+    rb"\d{1,2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
+    rb"\d\d:\d\d:\d\d -0000\n")
 
 
 def envelope(sender: str, recipients) -> bytes:

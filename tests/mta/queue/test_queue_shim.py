@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 from pathlib import Path
@@ -12,16 +11,11 @@ import pytest
 
 from mta.queue import clean_queue, message_path
 from queue_shim import (
-    SHIM, assert_queue_empty, envelope, files, messages, recipients, run_shim, shim_env,
-    wait_for,
+    RECEIVED_RE, SHIM, assert_queue_empty, envelope, files, messages, recipients, run_shim,
+    shim_env, wait_for,
 )
 
 MESSAGE = b"Subject: test\n\nHello.\n"
-RECEIVED = re.compile(
-    rb"\AReceived: \(qmail (\d+) invoked by uid (\d+)\); "
-    rb"\d{1,2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
-    rb"\d\d:\d\d:\d\d -0000\n")
-
 
 def test_queues_message_with_one_received_line(root: Path, tmp_path: Path) -> None:
     rcpts = ["a@x.test", "B@Y.test", "user@[127.0.0.1]"]
@@ -30,7 +24,7 @@ def test_queues_message_with_one_received_line(root: Path, tmp_path: Path) -> No
     [(msg_id, sender, size, nrcpt)] = messages(root)
     assert (sender, nrcpt) == ("sender@s.test", 3)
     body = message_path(root, msg_id).read_bytes()
-    m = RECEIVED.match(body)
+    m = RECEIVED_RE.match(body)
     assert m, body[:120]
     assert int(m.group(2)) == os.getuid()
     assert body[m.end():] == MESSAGE and size == len(body)
