@@ -222,7 +222,7 @@ class SMTPClient:
     def _fail_session(self, reply: Reply, stage: Stage, what: str, events: list[Event]) -> None:
         outcome = self._said(reply, stage, f"Connected to {self.peer} {what}")
         if isinstance(outcome, Delivered):  # a 2xx where a failure was due
-            outcome = TempFail(outcome.reason, "4.5.0")
+            outcome = TempFail(outcome.text, "4.5.0")
         if self.state == State.TRANSACTION:
             self._finish(events, outcome if isinstance(outcome, TempFail) else
                          TempFail(outcome.reason, "4" + outcome.dsn[1:]))

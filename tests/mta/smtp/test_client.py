@@ -227,6 +227,7 @@ def test_connection_lost_after_dot_is_possible_duplicate():
     c.start_transaction("s@x", ["1@y"], BODY)
     c.take_output()
     c.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert c.take_output() == [BODY]
     events = c.connection_lost()
     tx = done(events)
     assert tx.dot_sent
