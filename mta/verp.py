@@ -46,5 +46,5 @@ def bounce_address(sender: str) -> str:
     returned unchanged.
     """
     if sender.endswith(VERP_SUFFIX):
-        return sender[: -len("@[]")]
+        return sender[: -len(VERP_SUFFIX)]
     return sender
