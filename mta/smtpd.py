@@ -1,0 +1,287 @@
+"""The SMTP listener: a thin asyncio (uvloop) transport around ``mta.smtp.server``.
+
+What it does: accepts TCP connections, applies ``control/smtpaccess`` (deny ->
+554 and close; relay -> the client may send anywhere), caps connections overall and
+per client address (421 and close when over), feeds every read to the sans-I/O
+core and acts on its events: writes replies, closes, starts TLS with
+``loop.start_tls`` (plaintext read with the STARTTLS line is dropped by the core
+and reading is paused at once, so nothing sent before the handshake is ever
+executed, CVE-2011-0411), and hands complete messages to
+the injected ``submit`` callable with our Received line prepended. The 250 is
+written only after ``submit`` returned, i.e. the queue has the message durably;
+``crash_point("before_250")`` runs just before it. While a submit is in flight,
+and while the client does not read our replies, reading is paused, so one
+connection buffers at most one read. Each read has a deadline of
+``timeoutsmtpd`` seconds (qmail: "for each buffer"); an idle client gets
+``451 timeout (#4.4.2)`` and is dropped. TCP_NODELAY is set on every socket.
+
+Public:
+    open_smtp_server(host, port, *, policy, submit, ssl_context=None) -> asyncio.Server
+        started and listening; the caller closes it.
+    serve_smtp(host, port, *, policy, submit, ssl_context=None) -> None
+        runs until cancelled.
+    load_server_tls(root) -> ssl.SSLContext | None
+        from ``ROOT/control/servercert.pem`` (certificate and key in one file, as the
+        qmail TLS patch), None when the file is absent.
+    SubmitError(temporary, text), Submit
+    ``submit(sender, recipients, data)`` is awaited; ``data`` has LF line ends, is
+    dot-unstuffed and starts with our Received line. It returns anything (an int is
+    shown as the ``qp`` number of the 250, else our pid) or raises SubmitError.
+
+How it fails: ``SubmitError`` becomes ``451 <text>`` (temporary) or ``554 <text>``
+(permanent), qmail's ``qq`` wording; any other exception from ``submit`` is logged
+and answered ``451 qq temporary problem (#4.3.0)``: never a 250 for mail not
+queued. A failed TLS handshake or a reset connection just ends that session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from mta.access import Action
+from mta.crashpoint import crash_point
+from mta.received import format_received
+from mta.smtp import replies as R
+from mta.smtp.policy import SmtpPolicy
+from mta.smtp.server import CloseConnection, Event, MessageReady, SendBytes, SmtpServer, StartTls
+
+__all__ = ["SubmitError", "Submit", "open_smtp_server", "serve_smtp", "load_server_tls"]
+
+log = logging.getLogger("mta.smtpd")
+
+Submit = Callable[[str, list[str], bytes], Awaitable[Any]]
+
+
+class SubmitError(Exception):
+    """The queue refused the message; ``temporary`` picks 451 over 554."""
+
+    def __init__(self, temporary: bool, text: str):
+        super().__init__(text)
+        self.temporary, self.text = temporary, text
+
+
+class _Listener:
+    """State shared by all connections of one listening socket."""
+
+    def __init__(self, policy: SmtpPolicy, submit: Submit, ssl_context: ssl.SSLContext | None,
+                 clock: Callable[[], float]):
+        self.policy, self.submit, self.ssl_context, self.clock = policy, submit, ssl_context, clock
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task] = set()
+
+
+class SmtpProtocol(asyncio.Protocol):
+    """One client connection; all decisions are the core's."""
+
+    def __init__(self, listener: _Listener):
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.core: SmtpServer | None = None
+        self.ip = ""
+        self._paused: set[str] = set()  # why reading is paused: submit, tls, writing
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._tls_early: list[bytes] = []
+
+    # ----- asyncio callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        policy, lst = self.listener.policy, self.listener
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.ip = str(peer[0])
+        lst.total += 1
+        lst.per_ip[self.ip] += 1
+        action = policy.access.lookup(self.ip)
+        self.core = SmtpServer(policy, client_ip=self.ip, local_ip=str(local[0]),
+                               may_relay=action is Action.RELAY, tls_available=lst.ssl_context is not None)
+        if action is Action.DENY:
+            self._act(self.core.refuse(R.R554_ACCESS_DENIED))
+        elif lst.total > policy.max_connections:
+            self._act(self.core.refuse(R.R421_TOO_MANY_CONNECTIONS))
+        elif lst.per_ip[self.ip] > policy.max_per_ip:
+            self._act(self.core.refuse(R.R421_TOO_MANY_FROM_HOST))
+        else:
+            self._arm_timer()
+            if policy.greet_delay > 0:
+                asyncio.get_running_loop().call_later(policy.greet_delay, self._greet)
+            else:
+                self._greet()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed or self.core is None:
+            return
+        if "tls" in self._paused:
+            # The plain transport was paused in the read that held STARTTLS, so this
+            # is decrypted data that raced start_tls() returning: keep it for later.
+            self._tls_early.append(data)
+            return
+        self._arm_timer()
+        self._act(self.core.receive_data(data))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; nothing is queued without a complete DATA
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        lst = self.listener
+        lst.total -= 1
+        lst.per_ip[self.ip] -= 1
+        if lst.per_ip[self.ip] <= 0:
+            del lst.per_ip[self.ip]
+
+    def pause_writing(self) -> None:  # the client does not read its replies
+        self._pause("writing")
+
+    def resume_writing(self) -> None:
+        self._resume("writing")
+
+    # ----- acting on the core's events -------------------------------------------------
+
+    def _greet(self) -> None:
+        if not self._closed and self.core is not None:
+            self._act(self.core.greet())
+
+    def _act(self, events: list[Event]) -> None:
+        assert self.transport is not None
+        for ev in events:
+            if self._closed:
+                return
+            if isinstance(ev, SendBytes):
+                self.transport.write(ev.data)
+            elif isinstance(ev, CloseConnection):
+                self._closed = True
+                if self._timer is not None:
+                    self._timer.cancel()
+                self.transport.close()
+            elif isinstance(ev, StartTls):
+                self._pause("tls")
+                self._spawn(self._start_tls())
+            elif isinstance(ev, MessageReady):
+                self._pause("submit")
+                self._spawn(self._submit(ev))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.listener.tasks.add(task)
+        task.add_done_callback(self.listener.tasks.discard)
+
+    def _pause(self, why: str) -> None:
+        if not self._paused and not self._closed and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        self._paused.discard(why)
+        if not self._paused and not self._closed and self.transport is not None:
+            self.transport.resume_reading()
+            self._arm_timer()
+
+    async def _submit(self, msg: MessageReady) -> None:
+        lst, core = self.listener, self.core
+        assert core is not None
+        received = format_received(local=lst.policy.me, remote_ip=self.ip, helo=msg.helo,
+                                   when=lst.clock(), protocol=msg.protocol)
+        try:
+            result = await lst.submit(msg.sender, list(msg.recipients), received + msg.data)
+        except SubmitError as e:
+            events = core.message_refused(e.temporary, e.text)
+        except Exception:
+            log.exception("submit failed for a message from %s", self.ip)
+            events = core.message_refused(True, "qq temporary problem (#4.3.0)")
+        else:
+            qp = result if isinstance(result, int) and not isinstance(result, bool) else os.getpid()
+            crash_point("before_250")
+            events = core.message_queued(int(lst.clock()), qp)
+        if not self._closed:
+            self._act(events)
+            self._resume("submit")
+
+    async def _start_tls(self) -> None:
+        loop, lst = asyncio.get_running_loop(), self.listener
+        assert self.transport is not None and lst.ssl_context is not None and self.core is not None
+        try:
+            tls = await loop.start_tls(self.transport, self, lst.ssl_context, server_side=True,
+                                       ssl_handshake_timeout=min(lst.policy.timeoutsmtpd, 60.0))
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            log.info("TLS handshake with %s failed: %s", self.ip, e)
+            self._closed = True
+            self.transport.abort()
+            return
+        if tls is None or self._closed:
+            return
+        self.transport = tls
+        self.core.tls_started()
+        early, self._tls_early = b"".join(self._tls_early), []
+        self._resume("tls")
+        if early:
+            self.data_received(early)
+
+    # ----- per-read deadline (timeoutsmtpd) --------------------------------------------
+
+    def _arm_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self.listener.policy.timeoutsmtpd
+        if self._timer is None:  # one timer per connection, pushed back lazily
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._closed or self.core is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._paused - {"writing"}:  # waiting on the queue or a handshake, not on the client
+            self._deadline = loop.time() + self.listener.policy.timeoutsmtpd
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._act(self.core.timed_out())
+
+
+async def open_smtp_server(host: str, port: int, *, policy: SmtpPolicy, submit: Submit,
+                           ssl_context: ssl.SSLContext | None = None,
+                           clock: Callable[[], float] = time.time) -> asyncio.Server:
+    """Listen on ``host:port`` (port 0 = any free port); close the returned server when done."""
+    listener = _Listener(policy, submit, ssl_context, clock)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: SmtpProtocol(listener), host, port,
+                                    backlog=1024, reuse_address=True)
+
+
+async def serve_smtp(host: str, port: int, *, policy: SmtpPolicy, submit: Submit,
+                     ssl_context: ssl.SSLContext | None = None) -> None:
+    """Accept SMTP clients on ``host:port`` until cancelled."""
+    server = await open_smtp_server(host, port, policy=policy, submit=submit, ssl_context=ssl_context)
+    async with server:
+        await server.serve_forever()
+
+
+def load_server_tls(root: Path | str) -> ssl.SSLContext | None:
+    """A server TLS context from ``control/servercert.pem``, or None without the file.
+
+    Raises ``ssl.SSLError`` / ``OSError`` when the file exists but cannot be used:
+    a listener must not silently drop STARTTLS it was configured to offer.
+    """
+    pem = Path(root) / "control" / "servercert.pem"
+    if not pem.exists():
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem)
+    return ctx
