@@ -13,6 +13,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ def test_verp_fanout_and_dot_stuffing_against_aiosmtpd():
         server, port = await start_aiosmtpd(rec)
         body = prepare_body(raw)
         async with await connect(port) as conn:
+            assert not conn.extensions.pipelining  # aiosmtpd: the lock-step path
             sock = conn._transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             results = []
@@ -345,3 +347,25 @@ def test_pipelining_and_reuse_against_postfix_smtp_sink(smtp_sink):
 
     outs = run(main())
     assert all(len(o) == 1 and isinstance(o[0], Delivered) for o in outs)
+
+
+CRASH_CHILD = """
+import asyncio, sys, uvloop
+from mta.net.smtp_client import open_smtp_connection
+from mta.remote.body import prepare_body
+async def main():
+    conn = await open_smtp_connection("127.0.0.1", int(sys.argv[1]), helo="c.test",
+                                      timeout_connect=5, timeout_reply=5)
+    print("connected", flush=True)
+    await conn.send_transaction("s@x.test", ["r@y.test"], prepare_body(b"hi"))
+    print("survived", flush=True)
+uvloop.run(main())
+"""
+
+
+def test_crash_point_after_final_dot(smtp_sink):
+    env = dict(os.environ, MTA_CRASH_AT="remote_after_dot")
+    child = subprocess.run([sys.executable, "-c", CRASH_CHILD, str(smtp_sink)], env=env,
+                           capture_output=True, timeout=30, text=True)
+    assert child.returncode == -9, (child.returncode, child.stdout, child.stderr)
+    assert child.stdout == "connected\n"
