@@ -79,6 +79,12 @@ class Removal:
     reason: str
 
 
+def _forget(conn, address: str) -> None:
+    """Back to ok: drop the state and the bounce log of this episode."""
+    conn.execute("DELETE FROM bounce_state WHERE address = ?", (address,))
+    conn.execute("DELETE FROM bounce_log WHERE address = ?", (address,))
+
+
 class BounceBook:
     """The bounce state of one list, in the list's subscriber database."""
 
@@ -169,20 +175,20 @@ class BounceBook:
         address, state, first, last, count, warned_at, warn_bounced_at, probed_at = row
         t = self.timeout
         if not self.db.is_subscriber(address):
-            conn.execute("DELETE FROM bounce_state WHERE address = ?", (address,))
+            _forget(conn, address)
             return None
         state = State(state)
         if state is State.BOUNCING:
             if count >= self.threshold and now - first >= t:
                 return self._send(conn, address, "warn", "W", State.WARNED, "warned_at", now)
             if now - last >= t:
-                conn.execute("DELETE FROM bounce_state WHERE address = ?", (address,))
+                _forget(conn, address)
         elif state is State.WARNED and now - warned_at >= t:
             if warn_bounced_at is not None:
                 return self._send(conn, address, "probe", "P", State.PROBED, "probed_at", now)
-            conn.execute("DELETE FROM bounce_state WHERE address = ?", (address,))
+            _forget(conn, address)
         elif state is State.PROBED and now - probed_at >= cookies.BOUNCE_WINDOW:
-            conn.execute("DELETE FROM bounce_state WHERE address = ?", (address,))
+            _forget(conn, address)
         return None
 
     def _send(self, conn, address: str, kind: str, action: str, state: State, column: str,
