@@ -47,6 +47,7 @@ class Stage(str, Enum):
     DOT = "dot"  # the reply to the final "." (the message itself)
     RSET = "rset"
     QUIT = "quit"
+    IDLE = "idle"  # between transactions on a kept-open connection
 
 
 class DnsTrouble(str, Enum):

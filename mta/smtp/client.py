@@ -210,7 +210,7 @@ class SMTPClient:
             self.state = State.CLOSED
             events.append(Closed())
         elif state == State.READY and code == 421:
-            self._fail_session(reply, Stage.MAIL, "but the remote host closed the session.", events)
+            self._fail_session(reply, Stage.IDLE, "but the remote host closed the session.", events)
         else:
             events.extend(self._abort(f"Connected to {self.peer} but the remote host sent a reply "
                                       f"out of sequence: {reply.text[:200]!r}. (#4.4.2)"))
@@ -236,7 +236,8 @@ class SMTPClient:
         if self.state == State.CLOSED:
             return events
         stage = {State.GREETING: Stage.GREETING, State.EHLO: Stage.EHLO, State.HELO: Stage.EHLO,
-                 State.STARTTLS: Stage.STARTTLS, State.TLS: Stage.STARTTLS}.get(self.state)
+                 State.STARTTLS: Stage.STARTTLS, State.TLS: Stage.STARTTLS,
+                 State.READY: Stage.IDLE}.get(self.state)
         if self.state == State.TRANSACTION:
             kind = self._cmds[self._next][0] if self._next < len(self._cmds) else _DOT
             stage = _STAGE[kind]

@@ -219,7 +219,10 @@ def test_reply_out_of_sequence():
     assert isinstance(done(events).outcomes[0], TempFail)
     assert "out of sequence" in done(events).outcomes[0].reason
     events = ready_client().receive_data(b"250 unsolicited\r\n")
-    assert isinstance(events[0], SessionFailed)
+    assert isinstance(events[0], SessionFailed) and events[0].stage == Stage.IDLE
+    # an idle connection the server dropped is reported, but as IDLE, not as a host fault
+    events = ready_client().connection_lost()
+    assert [type(e) for e in events] == [SessionFailed] and events[0].stage == Stage.IDLE
 
 
 def test_connection_lost_after_dot_is_possible_duplicate():
@@ -308,3 +311,14 @@ def test_quit_and_misuse():
         c.start_transaction("s@x", ["r@y"], BODY)
     with pytest.raises(LocalProtocolError):
         ready_client().start_transaction("s@x", [], BODY)
+
+
+def test_ehlo_and_helo_refused_is_session_level():
+    c = SMTPClient("me.example", PEER)
+    c.receive_data(b"220 mx\r\n")
+    c.receive_data(b"550 no EHLO for you\r\n")
+    assert c.take_output()[-1] == b"HELO me.example\r\n"
+    events = c.receive_data(b"550 5.7.1 nor HELO\r\n")
+    assert isinstance(events[0], SessionFailed) and events[0].stage == Stage.EHLO
+    assert isinstance(events[0].outcome, PermFail) and events[0].outcome.dsn == "5.7.1"
+    assert "my name was rejected" in events[0].outcome.reason
