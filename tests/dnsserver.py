@@ -128,7 +128,6 @@ class DnsServer:
         self.port = 0
         self.set_zone(zone or {})
 
-    # -- zone and query log ---------------------------------------------------
 
     def set_zone(self, zone: Mapping[str, Mapping[str, Any]]) -> None:
         """Replace the whole zone (validated first; the old zone stays on error)."""
@@ -138,20 +137,18 @@ class DnsServer:
 
     def set_name(self, name: str, entry: Mapping[str, Any] | None) -> None:
         """Add, replace or (entry None) remove one name."""
-        checked = None if entry is None else _check_entry(name, entry)
         with self._lock:
-            if checked is None:
-                self._zone.pop(_norm(name), None)
-            else:
-                self._zone[_norm(name)] = checked
+            zone = dict(self._zone)
+            zone.pop(_norm(name), None)
+            if entry is not None:
+                zone[_norm(name)] = _check_entry(name, entry)
+            self._zone = zone
 
     def count(self, name: str, rdtype: str | None = None) -> int:
         """How many queries for ``name`` (of ``rdtype``, or any type) arrived."""
         key = _norm(name)
         with self._lock:
-            return sum(
-                1 for q in self.queries if q.name == key and rdtype in (None, q.rdtype)
-            )
+            return sum(q.name == key and rdtype in (None, q.rdtype) for q in self.queries)
 
     def clear_queries(self) -> None:
         with self._lock:
@@ -161,7 +158,6 @@ class DnsServer:
     def nameservers(self) -> list[tuple[str, int]]:
         return [("127.0.0.1", self.port)]
 
-    # -- lifecycle --------------------------------------------------------------
 
     def start(self) -> "DnsServer":
         """Bind UDP and TCP on one free port and start serving; returns self."""
@@ -219,7 +215,6 @@ class DnsServer:
         self._threads.append(t)
         t.start()
 
-    # -- network ------------------------------------------------------------------
 
     def _serve(self) -> None:
         assert self._udp is not None and self._tcp is not None
@@ -263,7 +258,6 @@ class DnsServer:
             with self._lock:
                 self._conns.discard(conn)
 
-    # -- answering ------------------------------------------------------------------
 
     def _handle_safely(self, data: bytes, transport: str) -> bytes | None:
         # A bug here must fail the test (stop() re-raises), not kill the thread.

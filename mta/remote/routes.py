@@ -42,9 +42,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Union
+from typing import Iterable, Union
 
-from mta.dns import AMBIG_MX, AddressResult, perm_dns
+from mta.dns import AMBIG_MX, Resolver, perm_dns
 from mta.interfaces import PermFail, TempFail
 
 __all__ = ["Route", "parse_routes", "route_for", "resolve_destination"]
@@ -53,14 +53,6 @@ DEFAULT_PORT = 25
 _HOST = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 
 Destinations = Union[list[tuple[str, int]], TempFail, PermFail]
-
-
-class _Resolver(Protocol):
-    local_ips: frozenset[str]
-
-    async def addresses(self, host: str) -> AddressResult: ...
-
-    async def destinations(self, domain: str) -> AddressResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +164,12 @@ def route_for(domain: str, routes: Iterable[Route]) -> Route | None:
 
 
 async def resolve_destination(
-    domain: str, routes: Iterable[Route], resolver: _Resolver
+    domain: str, routes: Iterable[Route], resolver: Resolver
 ) -> Destinations:
     """The (ip, port) pairs to try for mail to ``domain``, best first.
 
-    ``resolver`` is an ``mta.dns.Resolver`` (or anything with its
-    ``addresses``/``destinations`` coroutines and ``local_ips``).
+    A route with a relay uses ``resolver.addresses`` (A/AAAA); otherwise the
+    domain's MX via ``resolver.destinations``, on the route's port if any.
     """
     domain = domain.strip().rstrip(".").lower()
     route = route_for(domain, routes)
@@ -197,7 +189,7 @@ async def resolve_destination(
     return got
 
 
-async def _resolve_relay(route: Route, resolver: _Resolver) -> Destinations:
+async def _resolve_relay(route: Route, resolver: Resolver) -> Destinations:
     got = await resolver.addresses(route.host)
     if isinstance(got, list):
         return [(ip, route.port) for ip in got]

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import random
+import select
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import uvloop
 
@@ -290,3 +296,37 @@ def test_runs_under_uvloop(dns_server):
     r = resolver(dns_server)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(r.destinations("example.test"))[0] == "127.0.0.11"
+
+
+# -- the fixture as a separate process (for end-to-end tests) ------------------------------
+
+
+def test_dnsserver_runs_standalone(tmp_path):
+    zone_file, log = tmp_path / "zone.json", tmp_path / "queries.jsonl"
+    zone_file.write_text(json.dumps(ZONE))
+    script = Path(__file__).parents[1] / "dnsserver.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--zone", str(zone_file), "--log", str(log)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready, "dnsserver.py printed no port within 15 s"
+        port = int(proc.stdout.readline())
+        r = Resolver([("127.0.0.1", port)], timeout=2.0)
+        assert run(r.destinations("example.test"))[0] == "127.0.0.11"
+        zone_file.write_text(json.dumps({"new.test": {"A": ["127.0.0.99"]}}))
+        proc.send_signal(signal.SIGHUP)  # reload the zone file
+        deadline = time.monotonic() + 10
+        while run(r.addresses("new.test")) != ["127.0.0.99"]:
+            assert time.monotonic() < deadline, "zone not reloaded on SIGHUP within 10 s"
+            r.clear_cache()
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert ["example.test", "MX", "udp"] in logged and ["new.test", "A", "udp"] in logged
