@@ -112,18 +112,21 @@ def failed_addresses(raw: bytes) -> list[str]:
 
 
 def is_ignorable(raw: bytes) -> bool:
-    """True for delay/success notices and auto-replies (ezmlm-weed)."""
+    """True for delay/success notices and auto-replies (ezmlm-weed).
+
+    A failure report wins over its headers: Postfix marks its real bounces
+    ``Auto-Submitted: auto-replied``, so that test applies only to mail that is
+    neither QSBMF nor a DSN.
+    """
     fields = parse_fields(split_message(raw)[0])
     subject = b" ".join(values_of(fields, b"subject")).decode("utf-8", "replace").lower()
     if any(subject.startswith(s) for s in _IGNORED_SUBJECTS):
-        return True
-    if any(v.lower().startswith(b"auto-replied") for v in values_of(fields, b"auto-submitted")):
-        return True
-    if any(v.lower() in (b"bulk", b"junk") for v in values_of(fields, b"precedence")):
         return True
     if is_qsbmf(raw):
         return False
     groups = _groups(raw)
     if groups is not None:
         return not _dsn_addresses(groups)
-    return False
+    if any(v.lower().startswith(b"auto-replied") for v in values_of(fields, b"auto-submitted")):
+        return True
+    return any(v.lower() in (b"bulk", b"junk") for v in values_of(fields, b"precedence"))
