@@ -310,7 +310,9 @@ def _make_dnspython_resolver(
         if not servers:
             raise ValueError("nameservers: empty list (use None for the system's)")
         res.nameservers = servers
-    res.timeout = timeout
+    # Each server gets a share of the lookup's time, so a dead first server
+    # still leaves time to ask the next one within ``timeout``.
+    res.timeout = timeout / max(1, len(res.nameservers))
     res.lifetime = timeout
     res.cache = None  # ours: TTLs on the injected clock, negative entries, a cap
     return res
@@ -318,7 +320,10 @@ def _make_dnspython_resolver(
 
 def _negative_ttl(exc: dns.resolver.NXDOMAIN) -> float:
     # RFC 2308 section 5: min(SOA TTL, SOA minimum); dnspython computes it.
-    ttls = [msg.resolve_chaining().minimum_ttl for msg in exc.responses().values()]
+    try:
+        ttls = [msg.resolve_chaining().minimum_ttl for msg in exc.responses().values()]
+    except dns.exception.DNSException:
+        return 0  # a malformed negative answer: do not cache it
     return min(ttls, default=0)
 
 

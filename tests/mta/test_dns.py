@@ -330,3 +330,13 @@ def test_dnsserver_runs_standalone(tmp_path):
         proc.stdout.close()
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert ["example.test", "MX", "udp"] in logged and ["new.test", "A", "udp"] in logged
+
+
+def test_dead_first_nameserver_leaves_time_for_the_second(dns_server):
+    dns_server.set_zone({"example.test": {"behaviour": "timeout"}})
+    with DnsServer(ZONE) as good:
+        r = Resolver(dns_server.nameservers + good.nameservers, timeout=2.0)
+        start = time.monotonic()
+        assert run(r.mx_hosts("example.test"))[0] == (10, "mx1.example.test")
+        assert time.monotonic() - start < 5
+    assert dns_server.count("example.test", "MX") >= 1
