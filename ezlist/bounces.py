@@ -121,7 +121,7 @@ class BounceBook:
                 "INSERT INTO bounce_state (address, state, first, last, count) "
                 "VALUES (?, ?, ?, ?, 1) ON CONFLICT(address) DO UPDATE "
                 "SET count = count + 1, last = excluded.last",
-                (canonical, State.BOUNCING.value, now, now, now))
+                (canonical, State.BOUNCING.value, now, now))
         return True
 
     def _notice_bounced(self, address: str, token: str, action: str, state: State,
