@@ -1,1 +1,15 @@
-"""ezlist: an ezmlm-style mailing list manager posting through the mta's queue."""
+"""ezlist: an ezmlm-style mailing list manager posting through the mta's queue.
+
+Public modules (import them directly; each opens with its own manual):
+    ezlist.listdir      make_list, load_list, load_list_dir, edit_list, read_key,
+                        ListOptions, ListConfig, ListError
+    ezlist.subscribers  SubscriberDB, BulkResult, Subscriber, Confirmation, normalize_address
+    ezlist.cookies      make_cookie, check_cookie, split_cookie, new_key
+    ezlist.addresses    parse_command, Command, Action and the address builders
+    ezlist.headers      raw-bytes header parsing and editing
+    ezlist.post         check_post, prepare_post, list_fields, one_click_url
+    ezlist.archive      next_number, archive_post, read_archived
+    ezlist.bounceparse  failed_addresses, is_ignorable, is_qsbmf
+    ezlist.bounces      BounceBook, Notice, BounceStatus, Removal, State
+    ezlist.templates    render, write_defaults, TEMPLATE_NAMES
+"""
