@@ -1,6 +1,5 @@
 """Bounce state machine: ok -> bouncing -> warned -> probed -> removed (LS7, LS9)."""
 
-from pathlib import Path
 
 import pytest
 
