@@ -8,7 +8,8 @@ sessions (and the peak), and can be told to misbehave:
 - ``max_sessions=N``: answer ``421`` to any session beyond the N-th open one;
 - ``rcpt_reply={address: "550 no such user"}``: a chosen reply to RCPT;
 - ``hang_after_354=True``: stop answering after the 354 (RD2);
-- ``delay=seconds``: wait before each reply to the final dot.
+- ``delay=seconds``: wait before each reply to the final dot;
+- ``group=SessionGroup()``: shared by several sinks to measure the global peak.
 
 Use ``with Sink("127.0.1.1") as s:`` then ``s.port``, ``s.messages``,
 ``s.peak_sessions``, ``s.refused``; ``s.wait_for(n, timeout)`` waits (bounded)
@@ -30,6 +31,24 @@ class Received:
     data: bytes
 
 
+class SessionGroup:
+    """Counts simultaneous sessions across several sinks (a global peak)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sessions = 0
+        self.peak = 0
+
+    def enter(self) -> None:
+        with self.lock:
+            self.sessions += 1
+            self.peak = max(self.peak, self.sessions)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.sessions -= 1
+
+
 @dataclass
 class Sink:
     host: str = "127.0.0.1"
@@ -43,6 +62,7 @@ class Sink:
     peak_sessions: int = 0
     refused: int = 0
     total_sessions: int = 0
+    group: SessionGroup | None = None
 
     def __enter__(self) -> "Sink":
         self._lock = threading.Lock()
@@ -80,6 +100,10 @@ class Sink:
         self._ready.set()
         await self._stop.wait()
         server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _session(self, reader, writer) -> None:
         with self._lock:
@@ -91,6 +115,8 @@ class Sink:
                 refuse = False
                 self.sessions += 1
                 self.peak_sessions = max(self.peak_sessions, self.sessions)
+                if self.group:
+                    self.group.enter()
         try:
             if refuse:
                 writer.write(b"421 too busy, try later\r\n")
@@ -103,6 +129,8 @@ class Sink:
             if not refuse:
                 with self._lock:
                     self.sessions -= 1
+                if self.group:
+                    self.group.leave()
             writer.close()
 
     async def _converse(self, reader, writer) -> None:

@@ -89,6 +89,8 @@ class Scheduler:
         self.stopping = False
         self.wake = asyncio.Event()
         self.msgs: dict[int, store.MessageInfo] = {}
+        self.msg_inflight: Counter = Counter()
+        self.unreported: set[int] = set()
         self.left: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------
@@ -158,11 +160,15 @@ class Scheduler:
         """Rows in flight at a dead worker go back to being due (maybe delivered twice)."""
         local = worker is self.local
         idx = None if local else self.remote.index(worker)
-        lost = [rid for rid, fl in self.inflight.items()
-                if (not fl.remote) if local else (fl.remote and fl.dest is not None
-                                                   and self._worker_index(fl.dest) == idx)]
+        def owned(fl: Flight) -> bool:
+            if local:
+                return not fl.remote
+            return fl.dest is not None and self._worker_index(fl.dest) == idx
+
+        lost = [rid for rid, fl in self.inflight.items() if owned(fl)]
         for rid in lost:
             fl = self.inflight.pop(rid)
+            self.msg_inflight[fl.msg] -= 1
             if fl.dest is not None:
                 self.dest_inflight[fl.dest] -= 1
             self.log.result(fl.delivery, "deferral", "worker died; will retry (possible duplicate)")
@@ -319,6 +325,7 @@ class Scheduler:
     def _fly(self, r: store.Due, remote: bool, dest, channel: str, addr: str) -> None:
         d = self.log.starting(r.msg_id, channel, addr)
         self.inflight[r.rcpt_id] = Flight(d, r.msg_id, remote, dest)
+        self.msg_inflight[r.msg_id] += 1
         if dest is not None:
             self.dest_inflight[dest] += 1
 
@@ -353,11 +360,16 @@ class Scheduler:
                 self.log.result(fl.delivery, "failure", text)
                 if is_verp(info.sender):
                     verp_failed[fl.msg].append(rid)
+                else:
+                    self.unreported.add(fl.msg)
             done.append(fl.msg)
         store.apply_results(self.conn, delivered, deferred, failed)
         for rid, *_ in batch:
             fl = self.inflight.pop(rid, None)
-            if fl is not None and fl.dest is not None:
+            if fl is None:
+                continue
+            self.msg_inflight[fl.msg] -= 1
+            if fl.dest is not None:
                 self.dest_inflight[fl.dest] -= 1
         if deferred or self.skipped:
             self.pass_wanted = True
@@ -367,6 +379,12 @@ class Scheduler:
             self.left[msg_id] = self.left.get(msg_id, 1) - 1
             if self.left[msg_id] <= 0:
                 self._finish_message(msg_id)
+        # as qmail-send's messdone(): failures are reported once nothing of the
+        # message is in flight, even while other recipients wait for a retry
+        for msg_id in [m for m in self.unreported if self.msg_inflight[m] <= 0]:
+            self.unreported.discard(msg_id)
+            if msg_id in self.left:
+                self.bouncer.report(self._info(msg_id))
         remote = sum(self.dest_inflight.values())
         self.log.status(len(self.inflight) - remote, self.ctl.concurrencylocal,
                         remote, self.ctl.concurrencyremote)
@@ -386,3 +404,5 @@ class Scheduler:
             self.log.end_msg(msg_id)
         self.left.pop(msg_id, None)
         self.msgs.pop(msg_id, None)
+        self.msg_inflight.pop(msg_id, None)
+        self.unreported.discard(msg_id)
