@@ -42,7 +42,8 @@ class LocalWorker:
         domain = addr.rpartition("@")[2] or self.ctl.envnoathost
         job = LocalJob(alias_dir=self.root / "alias", message_path=message_path(self.root, msg),
                        sender=sender, recipient=f"{local}@{domain}", local=local,
-                       domain=domain, inject=self._inject)
+                       domain=domain, inject=self._inject,
+                       extra_env=(("MTA_ROOT", str(self.root)),))
         try:
             o = deliver_local(job).outcome
         except Exception as e:  # a bug in one delivery must not kill the others

@@ -3,8 +3,10 @@
 ``Router(ctl).resolve(domain)`` returns a list of ``(ip, port)`` in the order to
 try, or a ``TempFail`` / ``PermFail`` (qmail's texts, from ``mta.dns``). Routes come
 from ``control/smtproutes``; DNS uses ``control/nameservers`` when present, else
-the system resolver. Lookups for many domains run concurrently; ``forget()``
-drops cached answers (SIGALRM does this so a fixed DNS problem is seen at once).
+the system resolver. Lookups for many domains run concurrently and share the
+resolver's cache; ``forget()`` drops cached answers (SIGALRM does this so a fixed
+DNS problem is seen at once). ``local_ips`` are the addresses our own listeners
+use: an MX pointing only at them is a permanent error (qmail's #5.4.6), not a loop.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ DNS_TIMEOUT = 10.0
 
 
 class Router:
-    def __init__(self, ctl, timeout: float = DNS_TIMEOUT):
+    def __init__(self, ctl, timeout: float = DNS_TIMEOUT, local_ips=()):
         self.ctl = ctl
-        self.timeout = timeout
-        self.resolver = Resolver(list(ctl.nameservers) or None, timeout=timeout)
+        self.resolver = Resolver(list(ctl.nameservers) or None, timeout=timeout,
+                                 local_ips=local_ips)
 
     async def resolve(self, domain: str) -> list[tuple[str, int]] | TempFail | PermFail:
         return await resolve_destination(domain, self.ctl.smtproutes, self.resolver)
 
     def forget(self) -> None:
-        self.resolver = Resolver(list(self.ctl.nameservers) or None, timeout=self.timeout)
+        self.resolver.clear_cache()
