@@ -83,6 +83,38 @@ def _show_item(v) -> str:
     return str(v)
 
 
+def _hostport(ctx, param, value):
+    if value is None or value == "":
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@main.command()
+@click.option("--smtp", default="127.0.0.1:2525", show_default=True, callback=_hostport,
+              help="SMTP listen address ('' to run none)")
+@click.option("--qmtp", default=None, callback=_hostport, help="QMTP listen address")
+@click.option("--qmqp", default=None, callback=_hostport, help="QMQP listen address")
+@click.option("--workers", type=int, default=None, help="remote worker processes")
+@click.pass_obj
+def start(root: Path, smtp, qmtp, qmqp, workers) -> None:
+    """Start the listeners, the scheduler and the delivery workers; supervise them."""
+    import uvloop
+
+    from mta.access import AccessError, load_access
+    from mta.start import Supervisor
+
+    _control(root)
+    try:
+        load_access(root)
+    except AccessError as e:
+        raise click.ClickException(f"refusing to start: {e}") from e
+    click.echo(f"mta: instance {root}; smtp {smtp}; qmtp {qmtp}; qmqp {qmqp}", err=True)
+    sys.exit(uvloop.run(Supervisor(root, smtp, qmtp, qmqp, workers).run()))
+
+
 for _command in QUEUE_COMMANDS:
     main.add_command(_command)
 

@@ -1,0 +1,184 @@
+"""A network listener process: SMTP, QMTP or QMQP wired to the queue.
+
+Run by ``mta start`` as ``python -m mta.listen --root DIR --smtp HOST:PORT`` (or
+``--qmtp`` / ``--qmqp``). It loads the control files (refusing to start on a bad
+one), builds the protocol's policy from them, and hands every accepted message to
+the queue through ``mta.queue.enqueue`` in a worker thread, so the event loop keeps
+serving other clients while a message is made durable. The SMTP 250 (QMTP/QMQP
+``K``) is sent only after ``enqueue`` returned.
+
+Recipient checks at RCPT time: an address in a local domain with no dot-qmail file
+(and so no list either) gets 550 (``mta.local.has_delivery``).
+
+SIGHUP re-reads the control files into a fresh policy for new connections; a bad
+file keeps the old policy and logs why. SIGTERM stops accepting and exits once the
+sessions in progress are done (bounded by ``timeoutsmtpd``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mta.access import AccessError, load_access, parse_access
+from mta.control import ControlError, load_control
+from mta.local import has_delivery
+from mta.queue import QueueError, enqueue
+from mta.smtp.policy import SmtpPolicy
+from mta.smtpd import SubmitError, load_server_tls, open_smtp_server
+
+log = logging.getLogger("mta.listen")
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def make_submit(root: Path):
+    """An async submit(sender, recipients, data) that queues durably or raises SubmitError."""
+
+    async def submit(sender: str, recipients: list[str], data: bytes):
+        try:
+            return await asyncio.to_thread(enqueue, root, sender, recipients, data)
+        except QueueError as e:
+            permanent = 11 <= e.exit_code <= 40
+            raise SubmitError(not permanent, f"qq {'permanent' if permanent else 'temporary'}"
+                                             f" problem: {e} (#{'5' if permanent else '4'}.3.0)")
+
+    return submit
+
+
+def make_rcpt_exists(ctl, root: Path):
+    alias = root / "alias"
+
+    def rcpt_exists(address: str) -> bool:
+        local = ctl.local_part_for(address)
+        return True if local is None else has_delivery(alias, local)
+
+    return rcpt_exists
+
+
+def smtp_policy(root: Path) -> SmtpPolicy:
+    ctl = load_control(root)
+    return SmtpPolicy.from_control(ctl, access=load_access(root),
+                                   rcpt_exists=make_rcpt_exists(ctl, root))
+
+
+async def run_smtp(root: Path, host: str, port: int) -> None:
+    policy = smtp_policy(root)
+    submit = make_submit(root)
+    server = await open_smtp_server(host, port, policy=policy, submit=submit,
+                                    ssl_context=load_server_tls(root))
+    log.info("smtp listening on %s:%d", host, port)
+    await _serve_until_term(server, lambda: _reload_smtp(server, root))
+
+
+def _reload_smtp(server, root: Path) -> None:
+    try:
+        policy = smtp_policy(root)
+    except (ControlError, AccessError) as e:
+        log.error("alert: unable to reread controls, keeping the old ones: %s", e)
+        return
+    server.mta_listener.policy = policy
+
+
+async def run_qmtp(root: Path, host: str, port: int) -> None:
+    from mta.net.qmtp_server import open_qmtp_server
+
+    ctl = load_control(root)
+    access = load_access(root)
+
+    def rcpt_allowed(peer_ip: str, address: str) -> bool:
+        from mta.access import Action
+
+        if access.lookup(peer_ip) is Action.RELAY:
+            return True
+        domain = address.rpartition("@")[2]
+        return ctl.rcpt_allowed(domain) if domain else True
+
+    server = await open_qmtp_server(host, port, submit=_qm_submit(root), rcpt_allowed=rcpt_allowed,
+                                    max_message=ctl.databytes, local_host=ctl.me,
+                                    timeout=ctl.timeoutsmtpd)
+    await _serve_until_term(server, lambda: None)
+
+
+async def run_qmqp(root: Path, host: str, port: int) -> None:
+    from mta.access import Action
+    from mta.net.qmqp_server import open_qmqp_server
+
+    ctl = load_control(root)
+    path = root / "control" / "qmqpaccess"
+    rules = parse_access(path.read_text(), "control/qmqpaccess") if path.exists() \
+        else parse_access("127.0.0.1:allow\n::1:allow\n:deny\n", "default qmqpaccess")
+
+    def access(peer_ip: str) -> bool:
+        return rules.lookup(peer_ip) in (Action.ALLOW, Action.RELAY)
+
+    server = await open_qmqp_server(host, port, submit=_qm_submit(root), access=access,
+                                    local_host=ctl.me, timeout=ctl.timeoutsmtpd)
+    await _serve_until_term(server, lambda: None)
+
+
+def _qm_submit(root: Path):
+    from mta.qmtp import SubmitError as QmSubmitError
+
+    smtp_submit = make_submit(root)
+
+    async def submit(sender, recipients, data):
+        try:
+            return await smtp_submit(sender, list(recipients), data)
+        except SubmitError as e:
+            raise QmSubmitError(e.temporary, e.text) from e
+
+    return submit
+
+
+async def _serve_until_term(server, reload) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mta.listen")
+    ap.add_argument("--root", required=True, type=Path)
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--smtp", type=_hostport)
+    group.add_argument("--qmtp", type=_hostport)
+    group.add_argument("--qmqp", type=_hostport)
+    args = ap.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format=f"%(asctime)s listen[{os.getpid()}] %(message)s")
+    import uvloop
+
+    try:
+        if args.smtp:
+            uvloop.run(run_smtp(args.root, *args.smtp))
+        elif args.qmtp:
+            uvloop.run(run_qmtp(args.root, *args.qmtp))
+        else:
+            uvloop.run(run_qmqp(args.root, *args.qmqp))
+    except (ControlError, AccessError) as e:
+        sys.stderr.write(f"mta.listen: refusing to start: {e}\n")
+        return 111
+    except OSError as e:
+        sys.stderr.write(f"mta.listen: unable to listen: {e}\n")
+        return 111
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
