@@ -356,3 +356,46 @@ def test_lo1_500_idle_connections_do_not_stop_a_new_client(listener):
     finally:
         for c in idle:
             c.close()
+
+
+CRASH_SERVER = r"""
+import asyncio, sys
+from pathlib import Path
+from mta.smtp.policy import SmtpPolicy
+from mta.smtpd import open_smtp_server
+
+async def main():
+    async def submit(sender, recipients, data):
+        Path(sys.argv[1]).write_bytes(data)  # "durable" before the 250
+    pol = SmtpPolicy(me="mx.local.test", is_local_domain=lambda d: d == "local.test")
+    server = await open_smtp_server("127.0.0.1", 0, policy=pol, submit=submit)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_crash_point_before_250_kills_after_the_queue_has_it(tmp_path):
+    import os
+    import sys
+
+    marker = tmp_path / "queued"
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SERVER, str(marker)], stdout=subprocess.PIPE,
+                            env=dict(os.environ, MTA_CRASH_AT="before_250"))
+    try:
+        port = int(proc.stdout.readline())
+        c = Client(socket.create_connection(("127.0.0.1", port), timeout=10))
+        c.reply()
+        c.send(b"EHLO t.example\r\n")
+        c.reply()
+        c.send(b"MAIL FROM:<a@t.example>\r\nRCPT TO:<alice@local.test>\r\nDATA\r\n")
+        assert [c.line() for _ in range(3)] == ["250 ok", "250 ok", "354 go ahead"]
+        c.send(b"Subject: crash\r\n\r\nx\r\n.\r\n")
+        with pytest.raises((EOFError, ConnectionResetError)):
+            c.line()  # no 250 ever arrives
+        assert proc.wait(10) == -9
+        assert marker.read_bytes().endswith(b"Subject: crash\n\nx\n")
+    finally:
+        proc.kill()
+        proc.wait(10)
