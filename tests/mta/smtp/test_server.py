@@ -423,3 +423,38 @@ def test_policy_from_control_files(tmp_path):
     assert s.send(b"RCPT TO:<alice@virt.test>\r\n") == "250 ok\r\n"  # virtual domains are ours
     assert s.send(b"RCPT TO:<alice@other.example>\r\n").startswith("553 ")
     assert SmtpServer(pol, client_ip="192.0.2.1").greet() == [SendBytes(b"220 mx.local.test welcome ESMTP\r\n")]
+
+
+def pump(client, s: Session) -> list:
+    """Shuttle bytes between our client core and our server core until both are quiet."""
+    events = []
+    for _ in range(100):
+        out = client.take_output()
+        if not out:
+            return events
+        reply = s.send(b"".join(out))  # one write, as the client transport does
+        if reply:
+            events += client.receive_data(reply.encode("latin-1"))
+    raise AssertionError("client and server never went quiet")
+
+
+def test_our_client_core_against_our_server_core():
+    from mta.interfaces import Delivered, PermFail
+    from mta.remote.body import prepare_body
+    from mta.smtp.client import SMTPClient
+    from mta.smtp.client_events import SessionReady, TransactionDone
+
+    s = Session(ehlo=False)
+    client = SMTPClient("t.example", "192.0.2.9")
+    events = client.receive_data(s.out) + pump(client, s)
+    [ready] = [e for e in events if isinstance(e, SessionReady)]
+    assert ready.extensions.pipelining
+    for rcpts in (["alice@local.test", "bob@local.test"], ["joe@local.test", "nobody@local.test"]):
+        events = client.start_transaction("a@t.example", rcpts, prepare_body(b"Subject: p\n\n.x\nbody\n"))
+        events += pump(client, s)
+        [done] = [e for e in events if isinstance(e, TransactionDone)]
+        assert isinstance(done.outcomes[0], Delivered)
+        assert isinstance(done.outcomes[1], Delivered if rcpts[1] != "nobody@local.test" else PermFail)
+    assert [m.recipients for m in s.messages] == [("alice@local.test", "bob@local.test"), ("joe@local.test",)]
+    assert all(m.data == b"Subject: p\n\n.x\nbody\n" for m in s.messages)
+    assert not s.closed
