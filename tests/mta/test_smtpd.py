@@ -7,11 +7,13 @@ the queue boundary (the queue helper tests the real queue).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -377,9 +379,6 @@ asyncio.run(main())
 
 
 def test_crash_point_before_250_kills_after_the_queue_has_it(tmp_path):
-    import os
-    import sys
-
     marker = tmp_path / "queued"
     proc = subprocess.Popen([sys.executable, "-c", CRASH_SERVER, str(marker)], stdout=subprocess.PIPE,
                             env=dict(os.environ, MTA_CRASH_AT="before_250"))
