@@ -75,19 +75,21 @@ def smtp_policy(root: Path) -> SmtpPolicy:
 async def run_smtp(root: Path, host: str, port: int) -> None:
     policy = smtp_policy(root)
     submit = make_submit(root)
+    listeners = []
     server = await open_smtp_server(host, port, policy=policy, submit=submit,
-                                    ssl_context=load_server_tls(root))
+                                    ssl_context=load_server_tls(root),
+                                    on_listener=listeners.append)
     log.info("smtp listening on %s:%d", host, port)
-    await _serve_until_term(server, lambda: _reload_smtp(server, root))
+    await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root))
 
 
-def _reload_smtp(server, root: Path) -> None:
+def _reload_smtp(listener, root: Path) -> None:
     try:
-        policy = smtp_policy(root)
+        listener.policy = smtp_policy(root)
     except (ControlError, AccessError) as e:
         log.error("alert: unable to reread controls, keeping the old ones: %s", e)
         return
-    server.mta_listener.policy = policy
+    log.info("reloaded control files")
 
 
 async def run_qmtp(root: Path, host: str, port: int) -> None:
