@@ -1,0 +1,10 @@
+"""The scheduler (qmail-send's job). See ``scheduler`` for the theory of operation.
+
+    scheduler  Scheduler: due recipients -> workers -> results -> retries/bounces
+    store      the scheduler's batched statements on queue.db
+    schedule   next_retry, expired: qmail's retry schedule and queue lifetime
+    router     Router: smtproutes, else DNS (cached)
+    bouncer    Bouncer: bounces, double bounces, triple-bounce discards
+    spawn      WorkerProcess and the JSON-lines protocol to the workers
+    log        SendLog: qmail-send's log lines
+"""
