@@ -9,14 +9,15 @@ programs, not on the CPU).
 Forwards found in dot-qmail files are injected through the queue
 (``mta.queue.enqueue``) with the original sender, as qmail-local does through
 qmail-queue. A failure to inject fails the delivery temporarily.
-Closing stdin asks the worker to finish what it holds and exit.
+A stop request asks the worker to finish what it holds and exit; a bare end of
+input (the scheduler died) makes it exit at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from mta.control import load_control
 from mta.interfaces import Delivered, PermFail
 from mta.local import LocalJob, deliver_local
 from mta.queue import enqueue, message_path
-from mta.send.spawn import encode_results
+from mta.send.spawn import SchedulerGone, encode_results, read_jobs
 
 
 class LocalWorker:
@@ -59,14 +60,17 @@ class LocalWorker:
         reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         pending: set[asyncio.Future] = set()
-        while line := await reader.readline():
-            for job in json.loads(line)["jobs"]:
+        try:
+            async for job in read_jobs(reader):
                 for rid, addr, local in job["r"]:
                     fut = loop.run_in_executor(self.pool, self._deliver, job["m"], job["s"],
                                                rid, addr, local)
                     fut.add_done_callback(self._done)
                     pending.add(fut)
                     fut.add_done_callback(pending.discard)
+        except SchedulerGone:
+            sys.stderr.write("alert: local worker: scheduler gone; exiting\n")
+            os._exit(111)
         if pending:
             await asyncio.wait(list(pending))
         self.pool.shutdown()

@@ -2,9 +2,13 @@
 
 ``Instance(tmp_path, me="mx.test")`` creates the instance; ``control(name, text)``
 writes a control file; ``inject(sender, rcpts, body)`` uses the qmail-queue shim
-exactly as ezmlm-send would; ``start()`` / ``stop()`` / ``kill()`` run the
-scheduler; ``queue()`` reads ``mta queue --json``; ``wait_empty(timeout)`` waits
-(bounded) until the queue holds no message.
+exactly as ezmlm-send would; ``start(*args, env=None)`` / ``stop()`` / ``kill()``
+run the scheduler (``kill()`` SIGKILLs its whole process group, workers included;
+``kill_scheduler()`` only the scheduler, so its workers are orphaned);
+``start_scheduler(**kwargs)`` runs ``Scheduler(root, **kwargs)`` in a child
+process for options ``mta send`` does not take; ``cleanup()`` kills every process
+group it started; ``queue()`` reads ``mta queue --json``; ``wait_empty(timeout)``
+waits (bounded) until the queue holds no message.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Instance:
         subprocess.run([str(BIN / "mta"), "--root", str(self.root), "init", "--me", me],
                        check=True, capture_output=True, timeout=60)
         self.proc: subprocess.Popen | None = None
+        self.groups: list[int] = []
 
     def control(self, name: str, text: str) -> None:
         (self.root / "control" / name).write_text(text)
@@ -44,9 +49,32 @@ class Instance:
         os.close(w)
         return p.wait(timeout=60)
 
-    def start(self, *args: str) -> None:
-        self.proc = subprocess.Popen([str(BIN / "mta"), "--root", str(self.root), "send", *args],
-                                     env=self.env, start_new_session=True)
+    def start(self, *args: str, env=None) -> None:
+        self._spawn([str(BIN / "mta"), "--root", str(self.root), "send", *args], env)
+
+    def start_scheduler(self, env=None, **kwargs) -> None:
+        code = ("import sys, uvloop; from pathlib import Path; "
+                "from mta.send.scheduler import Scheduler; "
+                f"uvloop.run(Scheduler(Path(sys.argv[1]), **{kwargs!r}).run())")
+        self._spawn([sys.executable, "-c", code, str(self.root)], env)
+
+    def _spawn(self, argv: list[str], env) -> None:
+        self.proc = subprocess.Popen(argv, env=dict(self.env, **(env or {})),
+                                     start_new_session=True)
+        self.groups.append(self.proc.pid)
+
+    def kill_scheduler(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        for pgid in self.groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # that group is gone already
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

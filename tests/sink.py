@@ -8,12 +8,18 @@ sessions (and the peak), and can be told to misbehave:
 - ``max_sessions=N``: answer ``421`` to any session beyond the N-th open one;
 - ``rcpt_reply={address: "550 no such user"}``: a chosen reply to RCPT;
 - ``hang_after_354=True``: stop answering after the 354 (RD2);
-- ``delay=seconds``: wait before each reply to the final dot;
+- ``delay=seconds``: wait before each reply to the final dot (the message counts as
+  received when the dot arrives, even if the client vanishes during the wait);
+- ``greeting="421 busy"``: the greeting line (then the session ends if not 2xx);
+- ``mail_reply="451 later"``: a chosen reply to MAIL;
+- ``drop_in_data=True``: close the connection halfway through the message text;
 - ``group=SessionGroup()``: shared by several sinks to measure the global peak.
 
 Use ``with Sink("127.0.1.1") as s:`` then ``s.port``, ``s.messages``,
-``s.peak_sessions``, ``s.refused``; ``s.wait_for(n, timeout)`` waits (bounded)
-until n recipients were accepted.
+``s.peak_sessions``, ``s.refused``, ``s.holding`` (sessions waiting out ``delay``),
+``s.overlaps`` (recipients given by one session while another live session still
+held a transaction for them); ``s.wait_for(n, timeout)`` waits (bounded) until n
+recipients were accepted, ``s.wait_until(pred, timeout, what)`` for anything else.
 """
 
 from __future__ import annotations
@@ -63,9 +69,15 @@ class Sink:
     refused: int = 0
     total_sessions: int = 0
     group: SessionGroup | None = None
+    greeting: str = "220 sink ESMTP"
+    mail_reply: str | None = None
+    drop_in_data: bool = False
+    holding: int = 0
+    overlaps: list = field(default_factory=list)
 
     def __enter__(self) -> "Sink":
         self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -87,6 +99,14 @@ class Sink:
             if time.monotonic() > deadline:
                 raise AssertionError(f"sink {self.host}:{self.port} got {self.rcpt_count()} "
                                      f"recipients, expected {n} within {timeout}s")
+            time.sleep(0.02)
+
+    def wait_until(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sink {self.host}:{self.port}: timed out after {timeout}s "
+                                     f"waiting for {what}")
             time.sleep(0.02)
 
     def _run(self) -> None:
@@ -117,15 +137,17 @@ class Sink:
                 self.peak_sessions = max(self.peak_sessions, self.sessions)
                 if self.group:
                     self.group.enter()
+        held: list = []  # recipients of this session's open transaction
         try:
             if refuse:
                 writer.write(b"421 too busy, try later\r\n")
                 await writer.drain()
                 return
-            await self._converse(reader, writer)
+            await self._converse(reader, writer, held)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away: the session simply ends
         finally:
+            self._release(held)
             if not refuse:
                 with self._lock:
                     self.sessions -= 1
@@ -133,17 +155,54 @@ class Sink:
                     self.group.leave()
             writer.close()
 
-    async def _converse(self, reader, writer) -> None:
+    def _release(self, held: list) -> None:
+        with self._lock:
+            for addr in held:
+                if self._active.get(addr, 0) > 1:
+                    self._active[addr] -= 1
+                else:
+                    self._active.pop(addr, None)
+        held.clear()
+
+    def _hold(self, addr: str, held: list) -> None:
+        with self._lock:
+            if self._active.get(addr):
+                self.overlaps.append(addr)
+            self._active[addr] = self._active.get(addr, 0) + 1
+        held.append(addr)
+
+    async def _wait_reply_delay(self, reader) -> bool:
+        """Sleep ``delay`` unless the client goes away first; True if it is still there."""
+        with self._lock:
+            self.holding += 1
+        try:
+            deadline = time.monotonic() + self.delay
+            while time.monotonic() < deadline:
+                if reader.at_eof():
+                    return False
+                await asyncio.sleep(0.02)
+            return True
+        finally:
+            with self._lock:
+                self.holding -= 1
+
+    async def _converse(self, reader, writer, held: list) -> None:
         w = writer.write
-        w(b"220 sink ESMTP\r\n")
+        w(self.greeting.encode() + b"\r\n")
+        if not self.greeting.startswith("2"):
+            await writer.drain()
+            return
         sender, rcpts = None, []
         while line := await reader.readline():
             cmd = line.decode("latin-1").rstrip("\r\n")
             verb = cmd[:4].upper()
             if verb in ("EHLO", "HELO"):
                 w(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 0\r\n")
+            elif verb == "MAIL" and self.mail_reply:
+                w(self.mail_reply.encode() + b"\r\n")
             elif verb == "MAIL":
                 sender, rcpts = cmd[10:].split(">")[0].lstrip("<"), []
+                self._release(held)
                 w(b"250 ok\r\n")
             elif verb == "RCPT":
                 addr = cmd[8:].split(">")[0].lstrip("<")
@@ -152,6 +211,7 @@ class Sink:
                     w(reply.encode() + b"\r\n")
                 else:
                     rcpts.append(addr)
+                    self._hold(addr, held)
                     w(b"250 ok\r\n")
             elif verb == "DATA":
                 if not rcpts:
@@ -161,15 +221,20 @@ class Sink:
                 await writer.drain()
                 if self.hang_after_354:
                     await asyncio.sleep(3600)
+                if self.drop_in_data:
+                    await reader.read(1)
+                    return
                 data = await reader.readuntil(b"\r\n.\r\n")
-                if self.delay:
-                    await asyncio.sleep(self.delay)
                 with self._lock:
                     self.messages.append(Received(sender, rcpts, data[:-3]))
+                if self.delay and not await self._wait_reply_delay(reader):
+                    return
+                self._release(held)
                 w(b"250 ok queued\r\n")
                 sender, rcpts = None, []
             elif verb == "RSET":
                 sender, rcpts = None, []
+                self._release(held)
                 w(b"250 ok\r\n")
             elif verb == "QUIT":
                 w(b"221 bye\r\n")

@@ -19,14 +19,15 @@ Failures: a connection that cannot be made or is turned away lowers the host's
 ceiling; when nothing to the host works the host is marked down (qmail's timeout
 table) and its transactions go to the next MX, or come back as Z (deferred). A
 connection that dies mid-transaction reports Z for that transaction's recipients.
-Closing stdin asks the worker to finish what it holds and exit.
+A stop request asks the worker to finish what it holds and exit; a bare end of
+input (the scheduler died) makes it exit at once, dropping its connections.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import asyncio
+import os
 import sys
 import time
 from collections import OrderedDict
@@ -38,7 +39,7 @@ from mta.net.smtp_client import ConnectionFailed, open_smtp_connection
 from mta.queue import message_path
 from mta.remote.body import prepare_body
 from mta.remote.hosts import HostState, Txn
-from mta.send.spawn import encode_results
+from mta.send.spawn import SchedulerGone, encode_results, read_jobs
 from mta.verp import is_verp, verp_sender
 
 
@@ -69,9 +70,12 @@ class RemoteWorker:
             asyncio.streams.FlowControlMixin, sys.stdout)
         writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
         sender = asyncio.create_task(self._send_results(writer))
-        while line := await reader.readline():
-            for job in json.loads(line)["jobs"]:
+        try:
+            async for job in read_jobs(reader):
                 self._take_job(job)
+        except SchedulerGone:
+            sys.stderr.write("alert: remote worker: scheduler gone; abandoning its deliveries\n")
+            os._exit(111)
         while self.tasks:
             await asyncio.wait(list(self.tasks))
         sender.cancel()

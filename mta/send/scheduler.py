@@ -12,12 +12,18 @@ fan-out is streamed, never loaded. Each row is routed:
   to a list of receiving hosts, and the row goes to the remote worker that owns
   the first host (hash of the host), so one worker holds every connection to a
   host and can reuse them across messages and domains. At most ``per_dest`` rows
-  for one host are in flight, so a slow host cannot starve the others.
+  for one host are in flight, so a slow host cannot starve the others. Lookups
+  run as tasks: the answers that come at once (cached) are dispatched together;
+  a domain whose name servers are slow is dispatched when its answer comes, and
+  holds up nothing else (security matrix DN2).
 
 Workers answer K/Z/D per recipient. Results are buffered and committed every
 ``flush_interval`` seconds in one transaction; only after the commit does a row
 leave the in-flight set, so it can never be fetched twice at once. A crash between
-a delivery and its commit re-delivers it after restart (at least once).
+a delivery and its commit re-delivers it after restart (at least once); the ids
+handed out are noted in ``queue/lock/inflight`` (``mta.send.journal``) so the
+restart logs each such re-send as a "possible duplicate". At most ``window``
+recipients are in flight, which bounds the duplicates a crash can cause.
 
 Z (temporary) sets ``next_try`` by qmail's schedule; if the attempt was made after
 ``queuelifetime`` it is converted to a failure with qmail's "too long" text. D
@@ -46,10 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mta.control import ControlError, load_control
+from mta.crashpoint import crash_point
 from mta.interfaces import PermFail, TempFail
 from mta.queue import clean_queue, open_queue
 from mta.send import store
 from mta.send.bouncer import Bouncer
+from mta.send.journal import InflightJournal
 from mta.send.log import SendLog
 from mta.send.router import Router
 from mta.send.schedule import TOO_LONG, expired, next_retry
@@ -72,8 +80,15 @@ class Flight:
 class Scheduler:
     def __init__(self, root: Path, *, workers: int | None = None, echo: bool = False,
                  window: int = 20000, batch: int = 5000, per_dest: int = 3000,
-                 flush_interval: float = 0.1, clock=time.time):
+                 flush_interval: float = 0.1, clock=time.time, local_ips=(),
+                 resolve_wait: float = 0.05):
+        """``local_ips``: our own listeners' addresses (an MX naming only them is #5.4.6);
+        ``resolve_wait``: how long a fetch waits for DNS before dispatching what it has."""
         self.root = Path(root)
+        self.local_ips = tuple(local_ips)
+        self.resolve_wait = resolve_wait
+        self.resolving: set[int] = set()
+        self.routing: set[asyncio.Task] = set()
         self.nworkers = workers or os.cpu_count() or 1
         self.window, self.batch, self.per_dest = window, batch, per_dest
         self.flush_interval = flush_interval
@@ -99,7 +114,9 @@ class Scheduler:
         clean_queue(self.root)
         self.conn = open_queue(self.root)
         self.log = SendLog(self.root / "log" / "send", echo=self.echo, clock=self.clock)
-        self.router = Router(self.ctl)
+        self.router = Router(self.ctl, local_ips=self.local_ips)
+        self.journal = InflightJournal(self.root / "queue" / "lock" / "inflight")
+        self._report_interrupted()
         self.bouncer = Bouncer(self.root, self.ctl, self.conn, self.log)
         self.left = store.remaining(self.conn)
         (self.root / "queue" / "lock" / "sendpid").write_text(f"{os.getpid()}\n")
@@ -125,8 +142,19 @@ class Scheduler:
             except asyncio.TimeoutError:
                 self.pass_wanted = True
 
+    def _report_interrupted(self) -> None:
+        """Log the recipients an earlier run had in flight when it died."""
+        for rid, msg, addr in store.still_due(self.conn, self.journal.previous()):
+            self.log.line(f"warning: msg {msg} to {addr} was in flight when the scheduler "
+                          f"stopped; it will be retried (possible duplicate)")
+        self.journal.clear()
+        self.log.flush()
+
+    def _busy(self) -> int:
+        return len(self.inflight) + len(self.resolving)
+
     def _sleep_time(self) -> float:
-        if self.pass_open and len(self.inflight) < self.window:
+        if self.pass_open and self._busy() < self.window:
             return 0.05
         nxt = store.next_due_time(self.conn)
         if nxt is None:
@@ -192,7 +220,7 @@ class Scheduler:
         except ControlError as e:
             self.log.line(f"alert: unable to reread controls, keeping the old ones: {e}")
             return
-        self.router = Router(self.ctl)
+        self.router = Router(self.ctl, local_ips=self.local_ips)
         self.bouncer.ctl = self.ctl
         self._want_pass()
 
@@ -224,6 +252,8 @@ class Scheduler:
         self._want_pass()
 
     async def _shutdown(self, trigger_fd: int | None) -> None:
+        for t in list(self.routing):
+            t.cancel()
         for w in self.remote + [self.local]:
             await w.stop()
         for r in self.readers:
@@ -234,12 +264,18 @@ class Scheduler:
             os.close(trigger_fd)
             os.close(self._trigger_w)
         self.log.line("status: exiting")
+        if not self.inflight:
+            self.journal.clear()
+        self.journal.close()
         self.log.close()
         self.conn.close()
 
     # -- fetching and dispatching -------------------------------------------------
     def _announce_new(self) -> None:
-        for info in store.new_messages(self.conn):
+        new = store.new_messages(self.conn)
+        if new:
+            crash_point("after_preprocess")
+        for info in new:
             self.msgs[info.msg_id] = info
             self.left.setdefault(info.msg_id, info.nrcpt)
             self.log.new_msg(info.msg_id)
@@ -252,14 +288,15 @@ class Scheduler:
             if not self.pass_wanted:
                 return
             self.cursor, self.pass_open, self.pass_wanted, self.skipped = START, True, False, False
-        while self.pass_open and len(self.inflight) < self.window and not self.stopping:
+        while self.pass_open and self._busy() < self.window and not self.stopping:
             rows = store.fetch_due(self.conn, self.clock(), self.cursor, self.batch)
             if rows:
                 self.cursor = (rows[-1].next_try, rows[-1].rcpt_id)
             if len(rows) < self.batch:
                 self.pass_open = False
                 self.pass_wanted = self.skipped
-            fresh = [r for r in rows if r.rcpt_id not in self.inflight]
+            fresh = [r for r in rows
+                     if r.rcpt_id not in self.inflight and r.rcpt_id not in self.resolving]
             if fresh:
                 await self._dispatch(fresh)
         self.log.flush()
@@ -283,6 +320,7 @@ class Scheduler:
             else:
                 by_domain[r.domain].append(r)
         if local_jobs:
+            self.journal.record(r.rcpt_id for rs in local_jobs.values() for r in rs)
             self.local.send_jobs([
                 {"m": m, "s": self._info(m).sender,
                  "r": [[r.rcpt_id, r.addr, self.ctl.local_part_for(r.addr)] for r in rs]}
@@ -291,11 +329,33 @@ class Scheduler:
             await self._dispatch_remote(by_domain)
 
     async def _dispatch_remote(self, by_domain: dict[str, list[store.Due]]) -> None:
-        domains = list(by_domain)
-        dests = await asyncio.gather(*(self.router.resolve(d) for d in domains))
+        tasks = {}
+        for domain, rows in by_domain.items():
+            self.resolving.update(r.rcpt_id for r in rows)
+            tasks[asyncio.ensure_future(self._resolve(domain, rows))] = domain
+        done, slow = await asyncio.wait(tasks, timeout=self.resolve_wait)
+        await self._route([(by_domain[tasks[t]], t.result()) for t in done])
+        for t in slow:  # DN2: a slow domain is dispatched on its own when it answers
+            task = asyncio.create_task(self._route_later(by_domain[tasks[t]], t))
+            self.routing.add(task)
+            task.add_done_callback(self.routing.discard)
+
+    async def _resolve(self, domain: str, rows: list[store.Due]):
+        try:
+            return await self.router.resolve(domain)
+        finally:
+            self.resolving.difference_update(r.rcpt_id for r in rows)
+
+    async def _route_later(self, rows: list[store.Due], lookup: asyncio.Future) -> None:
+        dest = await lookup
+        if not self.stopping:
+            await self._route([(rows, dest)])
+            self.log.flush()
+
+    async def _route(self, answers: list[tuple[list[store.Due], object]]) -> None:
+        """Send rows whose destinations are known to the workers (or fail them)."""
         jobs: dict[int, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
-        for domain, dest in zip(domains, dests):
-            rows = by_domain[domain]
+        for rows, dest in answers:
             if isinstance(dest, (TempFail, PermFail)):
                 code = "Z" if isinstance(dest, TempFail) else "D"
                 for r in rows:
@@ -312,6 +372,7 @@ class Scheduler:
                 jobs[self._worker_index(key)][(r.msg_id, tuple(map(tuple, dest)))].append(
                     [r.rcpt_id, r.addr])
         for idx, groups in jobs.items():
+            self.journal.record(rid for rs in groups.values() for rid, _ in rs)
             self.remote[idx].send_jobs([
                 {"m": m, "s": self._info(m).sender, "d": [list(d) for d in ds], "r": rs}
                 for (m, ds), rs in groups.items()])
@@ -373,6 +434,8 @@ class Scheduler:
                 self.dest_inflight[fl.dest] -= 1
         if deferred or self.skipped:
             self.pass_wanted = True
+        if not self.inflight:
+            self.journal.clear()
         for msg_id, rids in verp_failed.items():
             self.bouncer.report(self._info(msg_id), only=set(rids))
         for msg_id in done:

@@ -7,6 +7,7 @@ line:
 
     scheduler -> worker   {"jobs": [{"m": msg, "s": sender, "d": [[ip, port], ...],
                                       "r": [[rcpt_id, address, local], ...]}, ...]}
+    scheduler -> worker   {"stop": 1}   then end of input: finish what you hold, exit
     worker -> scheduler   {"res": [[rcpt_id, "K"|"Z"|"D", text, dsn], ...]}
 
 ``d`` (destinations, remote only) lists the receiving hosts in MX order; ``local``
@@ -15,7 +16,13 @@ qmail's success, temporary and permanent reports. JSON rather than pickle: a wor
 parses untrusted network input and may run under another uid, so what it sends back
 must not be able to run code in the scheduler.
 
-Public: WorkerProcess (start, send_jobs, results(), stop), encode_results, decode.
+End of input without ``stop`` means the scheduler died: nobody can record what
+the worker would still deliver, and a restarted scheduler hands the same rows out
+again, so the worker exits at once (``read_jobs`` raises ``SchedulerGone``) rather
+than deliver them a second time in parallel (security matrix QF10).
+
+Public: WorkerProcess (start, send_jobs, results(), stop), encode_results,
+read_jobs(reader) (worker side), SchedulerGone.
 A worker that dies is reported by ``results()`` ending; the scheduler then forgets
 what it had in flight there (it is fetched again: at least once, never lost).
 """
@@ -28,13 +35,28 @@ import os
 import sys
 from typing import AsyncIterator
 
-__all__ = ["WorkerProcess", "encode_results"]
+__all__ = ["WorkerProcess", "encode_results", "read_jobs", "SchedulerGone"]
 
 _LIMIT = 64 * 1024 * 1024
 
 
 def encode_results(results: list[list]) -> bytes:
     return json.dumps({"res": results}, separators=(",", ":")).encode() + b"\n"
+
+
+class SchedulerGone(Exception):
+    """The worker's input ended without a stop request: its scheduler is dead."""
+
+
+async def read_jobs(reader: asyncio.StreamReader) -> AsyncIterator[dict]:
+    """Worker side: yield each job until a stop request; SchedulerGone on a bare EOF."""
+    while line := await reader.readline():
+        msg = json.loads(line)
+        if msg.get("stop"):
+            return
+        for job in msg["jobs"]:
+            yield job
+    raise SchedulerGone
 
 
 class WorkerProcess:
@@ -79,6 +101,7 @@ class WorkerProcess:
         if not self.proc:
             return
         if self.proc.stdin and not self.proc.stdin.is_closing():
+            self.proc.stdin.write(b'{"stop":1}\n')
             self.proc.stdin.close()
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)

@@ -10,6 +10,7 @@ scheduler runs on it, each a batch:
 - ``apply_results``: one transaction for a batch of outcomes (``executemany``).
 - ``remaining`` / ``failed_unreported`` / ``mark_reported``: message completion and
   bounce bookkeeping.
+- ``still_due``: which of some recipient ids are still to deliver (after a crash).
 
 States (the queue's table): 0 pending, 1 deferred, 2 delivered, 3 failed (not yet
 in a bounce), 4 failed and reported. Every state change is one transaction; a
@@ -24,7 +25,7 @@ from typing import Iterable
 
 __all__ = ["Due", "MessageInfo", "new_messages", "fetch_due", "apply_results", "remaining",
            "failed_unreported", "mark_reported", "message_info", "next_due_time",
-           "reschedule_all", "PENDING", "DEFERRED", "DELIVERED", "FAILED", "REPORTED"]
+           "reschedule_all", "still_due", "PENDING", "DEFERRED", "DELIVERED", "FAILED", "REPORTED"]
 
 PENDING, DEFERRED, DELIVERED, FAILED, REPORTED = 0, 1, 2, 3, 4
 
@@ -119,3 +120,14 @@ def reschedule_all(conn: sqlite3.Connection, now: float) -> int:
     with conn:
         return conn.execute("UPDATE recipients SET next_try = ? WHERE state = 1 AND next_try > ?",
                             (now, now)).rowcount
+
+
+def still_due(conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, int, str]]:
+    """(id, msg, addr) of those of ``ids`` still pending or deferred, in id order."""
+    out: list[tuple[int, int, str]] = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        out += conn.execute(f"SELECT id, msg, addr FROM recipients WHERE state < 2"
+                            f" AND id IN ({marks})", chunk).fetchall()
+    return sorted(out)
