@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from mta.queue.store import fsync_dir, message_path, open_queue
@@ -91,10 +92,23 @@ def _remove_if_unlocked(path: Path) -> int:
 
 
 def remove_message(root: str | os.PathLike, conn: sqlite3.Connection, msg_id: int) -> None:
-    """Delete message ``msg_id``: its rows (committed on ``conn``), then its body."""
+    """Delete message ``msg_id``: its rows (committed on ``conn``), then its body.
+
+    In the same transaction its final counts go to ``finished`` and its failed
+    recipients (address, domain, last text) to ``failures``, so status queries can
+    report on a message after it left the queue.
+    """
     if not conn.in_transaction:
         conn.execute("BEGIN IMMEDIATE")
     try:
+        conn.execute(
+            "INSERT OR REPLACE INTO finished (id, sender, bytes, created, finished, nrcpt,"
+            " delivered, failed) SELECT id, sender, bytes, created, ?2, nrcpt,"
+            " (SELECT count(*) FROM recipients WHERE msg = ?1 AND state = 2),"
+            " (SELECT count(*) FROM recipients WHERE msg = ?1 AND state >= 3)"
+            " FROM messages WHERE id = ?1", (msg_id, time.time()))
+        conn.execute("INSERT INTO failures (msg, addr, domain, text) SELECT msg, addr, domain,"
+                     " text FROM recipients WHERE msg = ? AND state >= 3", (msg_id,))
         conn.execute("DELETE FROM recipients WHERE msg = ?", (msg_id,))
         conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
         conn.commit()

@@ -50,7 +50,7 @@ __all__ = [
 
 PENDING, DEFERRED, DELIVERED, FAILED, BOUNCED = 0, 1, 2, 3, 4
 BUSY_TIMEOUT = 120.0  # seconds; a million-recipient injection holds the lock ~5 s
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: finished + failures tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,6 +65,13 @@ CREATE TABLE IF NOT EXISTS recipients (id INTEGER PRIMARY KEY, msg INTEGER NOT N
   next_try REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, text TEXT);
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(next_try) WHERE state < 2;
 CREATE INDEX IF NOT EXISTS recipients_msg ON recipients(msg, state);
+-- finished messages: final counts and failures, kept for status queries
+CREATE TABLE IF NOT EXISTS finished (id INTEGER PRIMARY KEY, sender TEXT NOT NULL,
+  bytes INTEGER NOT NULL, created REAL NOT NULL, finished REAL NOT NULL,
+  nrcpt INTEGER NOT NULL, delivered INTEGER NOT NULL, failed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (msg INTEGER NOT NULL, addr TEXT NOT NULL,
+  domain TEXT NOT NULL, text TEXT);
+CREATE INDEX IF NOT EXISTS failures_msg ON failures(msg);
 """
 
 
