@@ -49,8 +49,10 @@ def verp_of(rcpt: str) -> str:
 
 
 def make_instance(root: Path, port: int, concurrency: int, perhost: int) -> None:
-    subprocess.run([str(BIN / "mta"), "--root", str(root), "init", "--me", "bench.test"],
-                   check=True, capture_output=True, timeout=60)
+    p = subprocess.run([str(BIN / "mta"), "--root", str(root), "init", "--me", "bench.test"],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"mta init failed: {p.stderr.strip()[-400:]}")
     ctl = root / "control"
     (ctl / "smtproutes").write_text("".join(
         f"d{j}.test:127.0.1.{j % 10 + 1}:{port}\n" for j in range(NDOMAINS)))
@@ -71,7 +73,7 @@ def inject(root: Path, n: int, message: bytes, cg: CpuGroup | None) -> tuple[int
     """Run the shim; returns (exit code, its ru_maxrss in kB)."""
     r, w = os.pipe()
     p = subprocess.Popen([str(BIN / "qmail-queue")], stdin=subprocess.PIPE, stdout=r,
-                         env={**os.environ, "MTA_ROOT": str(root)},
+                         env={**os.environ, "MTA_ROOT": str(root)}, cwd=root,
                          preexec_fn=cg.preexec if cg else None)
     os.close(r)
     p.stdin.write(message)
@@ -92,7 +94,9 @@ def _start_scheduler(root: Path, workers: int, cg, profile_dir: Path | None):
         profile_dir.mkdir(parents=True, exist_ok=True)
         cmd = [str(BIN / "py-spy"), "record", "--subprocesses", "--format", "raw", "--rate", "100",
                "--output", str(profile_dir / "ours.txt"), "--", *cmd]
+    # cwd: the workers run "python -m", which puts the cwd first on sys.path
     proc = subprocess.Popen(cmd, preexec_fn=cg.preexec if cg else None, start_new_session=True,
+                            cwd=root,
                             stdout=subprocess.DEVNULL, stderr=open(root / "log" / "send.err", "wb"))
     want = workers + 2 + (profile_dir is not None)  # scheduler, remote workers, local worker
     deadline = time.monotonic() + 20

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="also run ours once under py-spy; collapsed stacks and a summary here")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--snapshot", metavar="REV", default=None,
+                    help="run our engine from 'git archive REV' (not the working tree)")
     return ap.parse_args(argv)
 
 
@@ -144,6 +147,21 @@ def report(results: list[dict], engines: list[str]) -> dict:
     return summary
 
 
+def use_snapshot(rev: str, workdir: Path) -> str:
+    """Export ``rev``'s packages under workdir/code and put them first on PYTHONPATH."""
+    repo = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", rev], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    code = workdir / "code"
+    code.mkdir(exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "mta", "cli", "ezlist"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(code)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return f"git {commit[:12]}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     engines = ["ours"] if args.ours_only else ["ours", "postfix"]
@@ -154,13 +172,14 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fanout-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)  # the sinks run as nobody and write their dumps below it
+    code = use_snapshot(args.snapshot, workdir) if args.snapshot else "working tree"
     port = free_port(sink_addrs())
     sinks = Sinks(workdir, port)
     message = make_message()
     n_val = min(args.recipients, 20000) if args.validate is None else args.validate
     print(f"fan-out N={args.recipients} runs={args.runs} engines={engines} sinks port {port}"
-          f" workdir {workdir}; ours: workers={args.workers} concurrencyremote={args.concurrency}"
-          f" concurrencyperhost={args.perhost}; postfix profile {args.postfix_profile}", flush=True)
+          f" workdir {workdir} loadavg {os.getloadavg()[0]:.2f}; ours: workers={args.workers} concurrencyremote={args.concurrency}"
+          f" concurrencyperhost={args.perhost} code={code}; postfix profile {args.postfix_profile}", flush=True)
     results: list[dict] = []
     checks: list[dict] = []
     rcpts = None
@@ -194,7 +213,7 @@ def main(argv=None) -> int:
           if ok else "\nresult: PROBLEMS (see the runs above)")
     if args.json:
         args.json.write_text(json.dumps({
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "args": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "code": code, "argv": sys.argv, "args": {
                 k: str(v) for k, v in vars(args).items()}, "results": results,
             "validation": checks, "summary": summary, "ok": ok}, indent=1))
     return 0 if ok else 1
