@@ -123,13 +123,27 @@ def _parse_prefix(prefix: str, name: str, number: int) -> Network | None:
         raise AccessError(name, number, f"bad address or CIDR block {prefix!r}: {e}") from None
 
 
-def load_access(root: Path | str) -> AccessRules:
-    """Rules from ``ROOT/control/smtpaccess``, or ``DEFAULT_RULES`` without the file."""
-    path = Path(root) / "control" / "smtpaccess"
+LOOPBACK_ONLY = AccessRules(
+    (
+        (ipaddress.ip_network("127.0.0.0/8"), Action.ALLOW),
+        (ipaddress.ip_network("::1/128"), Action.ALLOW),
+        (None, Action.DENY),
+    )
+)
+
+
+def load_access(root: Path | str, name: str = "smtpaccess",
+                default: AccessRules = DEFAULT_RULES) -> AccessRules:
+    """Rules from ``ROOT/control/NAME``, or ``default`` without the file.
+
+    ``load_access(root, "qmqpaccess", LOOPBACK_ONLY)`` gives the QMQP (and progress
+    endpoint) rules: without the file, only loopback clients may hand over mail.
+    """
+    path = Path(root) / "control" / name
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return DEFAULT_RULES
+        return default
     except (OSError, UnicodeDecodeError) as e:
-        raise AccessError("control/smtpaccess", 0, f"unable to read: {e}") from e
-    return parse_access(text)
+        raise AccessError(f"control/{name}", 0, f"unable to read: {e}") from e
+    return parse_access(text, f"control/{name}")
