@@ -7,6 +7,12 @@ a million recipients cost no memory. Exactly one line is prepended to the messag
 ``Received: (qmail PID invoked by uid UID); D Mon YYYY HH:MM:SS -0000``.
 Addresses are stored as given. The instance is ``$MTA_ROOT``, else ``./var``.
 
+When this user may not write the queue (or ``MTA_QQ=socket`` asks for it), the
+message goes to the queue owner over ``queue/lock/qq.sock`` instead (DESIGN.md:
+qmail-queue works whether or not the daemons run): message and envelope are then
+read into memory, and the exit code is the one the owner answered with (71 when
+it cannot be reached, as qmail-qmqpc).
+
 Output: nothing on fd 1 (it is the envelope); on failure one diagnostic line on
 fd 2 (qmail-queue prints nothing; fd 2 is otherwise unused by the interface).
 
@@ -58,6 +64,8 @@ def _run() -> int:
     from mta.queue.store import open_queue
 
     root = os.environ.get("MTA_ROOT") or "var"
+    if os.environ.get("MTA_QQ") == "socket" or not _may_write(root):
+        return _run_socket(root)
     try:
         conn = open_queue(root, create=False)
         try:
@@ -75,6 +83,35 @@ def _run() -> int:
         finally:
             conn.close()
     except QueueError as exc:
+        _complain(str(exc))
+        return exc.exit_code
+    return 0
+
+
+def _may_write(root: str) -> bool:
+    q = os.path.join(root, "queue")
+    return (not os.path.exists(q)  # let open_queue report what is missing
+            or os.access(os.path.join(q, "tmp"), os.W_OK)
+            and os.access(os.path.join(q, "queue.db"), os.W_OK))
+
+
+def _run_socket(root: str) -> int:
+    import time
+    from mta.qq_client import QqError, socket_path, submit_sync
+    from mta.queue.envelope import read_envelope
+    from mta.queue.errors import QueueError, ReadError
+    from mta.queue.inject import qmail_received
+
+    try:
+        chunks = [qmail_received(os.getpid(), os.getuid(), time.time())]
+        try:
+            while data := os.read(0, 1 << 16):
+                chunks.append(data)
+        except OSError as exc:
+            raise ReadError(f"cannot read the message: {exc}") from exc
+        sender, recipients = read_envelope(lambda n: os.read(1, n))
+        submit_sync(socket_path(root), sender, list(recipients), b"".join(chunks))
+    except (QueueError, QqError) as exc:
         _complain(str(exc))
         return exc.exit_code
     return 0

@@ -3,9 +3,14 @@
 Run by ``mta start`` as ``python -m mta.listen --root DIR --smtp HOST:PORT`` (or
 ``--qmtp`` / ``--qmqp``). It loads the control files (refusing to start on a bad
 one), builds the protocol's policy from them, and hands every accepted message to
-the queue through ``mta.queue.enqueue`` in a worker thread, so the event loop keeps
-serving other clients while a message is made durable. The SMTP 250 (QMTP/QMQP
-``K``) is sent only after ``enqueue`` returned.
+the queue owner (``mta.queued``) over its socket ``queue/lock/qq.sock``: a listener
+never writes the queue itself (DESIGN.md). The SMTP 250 (QMTP/QMQP ``K``) is sent
+only after the queue owner answered ``K``, i.e. after the commit covering the
+message. If the owner cannot be reached within a few seconds (it is being
+restarted), the client gets a temporary failure (451).
+
+With ``--direct`` (for running a listener without ``mta start``), the listener
+writes the queue itself with ``mta.queue.enqueue`` in a worker thread instead.
 
 Recipient checks at RCPT time: an address in a local domain with no dot-qmail file
 (and so no list either) gets 550 (``mta.local.has_delivery``).
@@ -25,9 +30,10 @@ import signal
 import sys
 from pathlib import Path
 
-from mta.access import AccessError, load_access, parse_access
+from mta.access import AccessError, load_access
 from mta.control import ControlError, load_control
 from mta.local import has_delivery
+from mta.qq_client import QqClient, QqError, socket_path
 from mta.queue import QueueError, enqueue
 from mta.smtp.policy import SmtpPolicy
 from mta.smtpd import SubmitError, load_server_tls, open_smtp_server
@@ -42,14 +48,20 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def make_submit(root: Path):
-    """An async submit(sender, recipients, data) that queues durably or raises SubmitError."""
+def make_submit(root: Path, *, direct: bool = False):
+    """An async submit(sender, recipients, data) that queues durably or raises SubmitError.
+
+    Through the queue owner's socket; with ``direct``, by writing the queue here.
+    """
+    client = None if direct else QqClient(socket_path(root))
 
     async def submit(sender: str, recipients: list[str], data: bytes):
         try:
+            if client is not None:
+                return await client.submit(sender, recipients, data)
             return await asyncio.to_thread(enqueue, root, sender, recipients, data)
-        except QueueError as e:
-            permanent = 11 <= e.exit_code <= 40
+        except (QueueError, QqError) as e:
+            permanent = not e.temporary if isinstance(e, QqError) else e.permanent
             raise SubmitError(not permanent, f"qq {'permanent' if permanent else 'temporary'}"
                                              f" problem: {e} (#{'5' if permanent else '4'}.3.0)")
 
@@ -72,9 +84,9 @@ def smtp_policy(root: Path) -> SmtpPolicy:
                                    rcpt_exists=make_rcpt_exists(ctl, root))
 
 
-async def run_smtp(root: Path, host: str, port: int) -> None:
+async def run_smtp(root: Path, host: str, port: int, direct: bool = False) -> None:
     policy = smtp_policy(root)
-    submit = make_submit(root)
+    submit = make_submit(root, direct=direct)
     listeners = []
     server = await open_smtp_server(host, port, policy=policy, submit=submit,
                                     ssl_context=load_server_tls(root),
@@ -92,7 +104,7 @@ def _reload_smtp(listener, root: Path) -> None:
     log.info("reloaded control files")
 
 
-async def run_qmtp(root: Path, host: str, port: int) -> None:
+async def run_qmtp(root: Path, host: str, port: int, direct: bool = False) -> None:
     from mta.net.qmtp_server import open_qmtp_server
 
     ctl = load_control(root)
@@ -106,33 +118,33 @@ async def run_qmtp(root: Path, host: str, port: int) -> None:
         domain = address.rpartition("@")[2]
         return ctl.rcpt_allowed(domain) if domain else True
 
-    server = await open_qmtp_server(host, port, submit=_qm_submit(root), rcpt_allowed=rcpt_allowed,
+    server = await open_qmtp_server(host, port, submit=_qm_submit(root, direct), rcpt_allowed=rcpt_allowed,
                                     max_message=ctl.databytes, local_host=ctl.me,
                                     timeout=ctl.timeoutsmtpd)
     await _serve_until_term(server, lambda: None)
 
 
-async def run_qmqp(root: Path, host: str, port: int) -> None:
+async def run_qmqp(root: Path, host: str, port: int, direct: bool = False) -> None:
     from mta.access import Action
     from mta.net.qmqp_server import open_qmqp_server
 
+    from mta.access import LOOPBACK_ONLY
+
     ctl = load_control(root)
-    path = root / "control" / "qmqpaccess"
-    rules = parse_access(path.read_text(), "control/qmqpaccess") if path.exists() \
-        else parse_access("127.0.0.1:allow\n::1:allow\n:deny\n", "default qmqpaccess")
+    rules = load_access(root, "qmqpaccess", LOOPBACK_ONLY)
 
     def access(peer_ip: str) -> bool:
         return rules.lookup(peer_ip) in (Action.ALLOW, Action.RELAY)
 
-    server = await open_qmqp_server(host, port, submit=_qm_submit(root), access=access,
+    server = await open_qmqp_server(host, port, submit=_qm_submit(root, direct), access=access,
                                     local_host=ctl.me, timeout=ctl.timeoutsmtpd)
     await _serve_until_term(server, lambda: None)
 
 
-def _qm_submit(root: Path):
+def _qm_submit(root: Path, direct: bool):
     from mta.qmtp import SubmitError as QmSubmitError
 
-    smtp_submit = make_submit(root)
+    smtp_submit = make_submit(root, direct=direct)
 
     async def submit(sender, recipients, data):
         try:
@@ -161,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--smtp", type=_hostport)
     group.add_argument("--qmtp", type=_hostport)
     group.add_argument("--qmqp", type=_hostport)
+    ap.add_argument("--direct", action="store_true",
+                    help="write the queue here instead of through the queue owner")
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format=f"%(asctime)s listen[{os.getpid()}] %(message)s")
@@ -168,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.smtp:
-            uvloop.run(run_smtp(args.root, *args.smtp))
+            uvloop.run(run_smtp(args.root, *args.smtp, direct=args.direct))
         elif args.qmtp:
-            uvloop.run(run_qmtp(args.root, *args.qmtp))
+            uvloop.run(run_qmtp(args.root, *args.qmtp, direct=args.direct))
         else:
-            uvloop.run(run_qmqp(args.root, *args.qmqp))
+            uvloop.run(run_qmqp(args.root, *args.qmqp, direct=args.direct))
     except (ControlError, AccessError) as e:
         sys.stderr.write(f"mta.listen: refusing to start: {e}\n")
         return 111

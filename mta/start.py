@@ -2,6 +2,11 @@
 
 Components, each a separate process:
 
+- the queue owner (``python -m mta.queued``), started first: the listeners hand it
+  their messages over ``queue/lock/qq.sock`` (group commit). The listeners start
+  once its socket answers (or after OWNER_WAIT seconds; until it answers they
+  reply 451). On SIGTERM it is stopped last, after the listeners, so a message
+  a listener is still handing in gets its commit and its 250;
 - the scheduler with its delivery workers (``mta send``);
 - one listener process a protocol: SMTP always (``--smtp``, default
   127.0.0.1:2525), QMTP and QMQP when asked (``--qmtp``, ``--qmqp``).
@@ -33,6 +38,7 @@ __all__ = ["Supervisor", "Component"]
 
 QUICK_DEATH = 5.0
 MAX_PAUSE = 30.0
+OWNER_WAIT = 10.0
 
 
 @dataclass
@@ -54,7 +60,8 @@ class Supervisor:
         send = [py, "-m", "cli.mta_cmd", "--root", r, "send"]
         if workers:
             send += ["--workers", str(workers)]
-        self.components = [Component("send", send)]
+        self.owner = Component("queue owner", [py, "-m", "mta.queued", "--root", r])
+        self.components = [self.owner, Component("send", send)]
         for proto, addr in (("smtp", smtp), ("qmtp", qmtp), ("qmqp", qmqp)):
             if addr:
                 self.components.append(Component(
@@ -72,9 +79,31 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._forward(signal.SIGHUP))
         loop.add_signal_handler(signal.SIGALRM, lambda: self._forward(signal.SIGALRM, "send"))
-        await asyncio.gather(*(self._keep(c) for c in self.components))
+        owner = asyncio.create_task(self._keep(self.owner))
+        await self._wait_owner()
+        await asyncio.gather(*(self._keep(c) for c in self.components if c is not self.owner))
+        self._forward(signal.SIGTERM, self.owner.name)  # the listeners are gone: now the owner
+        await owner
         self._say("all components stopped")
         return 0
+
+    async def _wait_owner(self) -> None:
+        """Until the queue owner's socket accepts a connection (bounded)."""
+        from mta.qq_client import socket_path
+
+        path = str(socket_path(self.root))
+        deadline = time.monotonic() + OWNER_WAIT
+        while not self.stopping and time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.open_unix_connection(path)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return
+        if not self.stopping:
+            self._say(f"queue owner not answering on {path} after {OWNER_WAIT:.0f}s;"
+                      " starting the listeners anyway")
 
     async def _keep(self, c: Component) -> None:
         while not self.stopping:
@@ -99,4 +128,6 @@ class Supervisor:
         if not self.stopping:
             self._say("stopping")
         self.stopping = True
-        self._forward(signal.SIGTERM)
+        for c in self.components:
+            if c is not self.owner:
+                self._forward(signal.SIGTERM, c.name)

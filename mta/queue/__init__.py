@@ -12,6 +12,8 @@ Public names:
     write_body / commit_body / PendingBody    the two halves of enqueue (the shim
                                               reads the message before the envelope)
     qmail_received(pid, uid, when) -> bytes
+    enqueue_batch(root, items, *, conn, pool=None) -> [id | QueueError], BatchItem
+                                              group commit (batch.py)
     remove_message(root, conn, msg_id)
     clean_queue(root) -> int
     poke_trigger(root), open_trigger(root) -> fd, drain_trigger(fd) -> int
@@ -32,6 +34,7 @@ from mta.queue.trigger import drain_trigger, open_trigger, poke_trigger, trigger
 from mta.queue.envelope import read_envelope
 from mta.queue.inject import PendingBody, commit_body, enqueue, qmail_received, write_body
 from mta.queue.clean import clean_queue, remove_message
+from mta.queue.batch import BatchItem, enqueue_batch
 
 _SUMMARY = frozenset({"MessageSummary", "message_counts", "queue_summary", "queue_totals",
                       "top_domains"})
@@ -51,6 +54,6 @@ __all__ = [
     "BOUNCED", "DEFERRED", "DELIVERED", "FAILED", "PENDING", "message_path", "open_queue",
     "drain_trigger", "open_trigger", "poke_trigger", "trigger_path", "read_envelope",
     "PendingBody", "commit_body", "enqueue", "qmail_received", "write_body",
-    "clean_queue", "remove_message",
+    "clean_queue", "remove_message", "BatchItem", "enqueue_batch",
     "MessageSummary", "message_counts", "queue_summary", "queue_totals", "top_domains",
 ]

@@ -23,7 +23,7 @@ while it still holds the write lock) and raises a QueueError.
 
 Public:
     enqueue(root, sender, recipients, message, *, received=None, conn=None) -> int
-    write_body(root, message, received=None) -> PendingBody
+    write_body(root, message, received=None, *, sync=True) -> PendingBody
     commit_body(root, body, sender, recipients, *, conn=None) -> int
     qmail_received(pid, uid, when) -> bytes    qmail-queue's own Received line
     PendingBody                                 a written, fsynced, locked tmp file
@@ -35,6 +35,9 @@ Failures (all QueueError, see errors.py): AddressTooLong (11), EnvelopeFormatErr
 (91: empty recipient, NUL in an address, unencodable text), WriteError (53: write,
 fsync, disk full, SQLite I/O error), ReadError (54: the message could not be
 read), MessDirError (64), QueueTimeout (52: write lock not obtained), OutOfMemory.
+
+Several messages at once (group commit, one fsync of mess/ and one COMMIT for
+all): see batch.py, which reuses these steps.
 
 Test seam: env MTA_FAULT=enospc makes the body write fail with ENOSPC,
 MTA_FAULT=fsync_eio makes the body fsync fail with EIO (QF7, QF8).
@@ -119,8 +122,12 @@ def enqueue(root: str | os.PathLike, sender: str, recipients: Iterable[str],
 
 
 def write_body(root: str | os.PathLike, message: bytes | IOBase,
-               received: bytes | None = None) -> PendingBody:
-    """Step 1: write ``received`` + ``message`` to a locked tmp file and fsync it."""
+               received: bytes | None = None, *, sync: bool = True) -> PendingBody:
+    """Step 1: write ``received`` + ``message`` to a locked tmp file and fsync it.
+
+    ``sync=False`` leaves the fsync (and the after_mess_fsync crash point) to the
+    caller: ``enqueue_batch`` fsyncs a whole batch of bodies in parallel.
+    """
     body = _create_tmp(Path(root) / "queue" / "tmp")
     try:
         size = _write_all(body.fd, received or b"")
@@ -128,12 +135,14 @@ def write_body(root: str | os.PathLike, message: bytes | IOBase,
             size += _write_all(body.fd, message)
         else:
             size += _copy(message, body.fd)
-        _fsync(body.fd)
+        if sync:
+            _fsync(body.fd)
     except BaseException:
         body.discard()
         raise
     body.size = size
-    crash_point("after_mess_fsync")
+    if sync:
+        crash_point("after_mess_fsync")
     return body
 
 
@@ -203,12 +212,14 @@ def _abort(conn: sqlite3.Connection, dest: Path | None) -> None:
         return
 
 
-def _rename_into_mess(body: PendingBody, dest: Path) -> None:
+def _rename_into_mess(body: PendingBody, dest: Path, sync: bool = True) -> None:
     try:
         os.rename(body.path, dest)
     except OSError as exc:
         raise MessDirError(f"cannot move the body to {dest}: {exc}") from exc
     body.path = dest
+    if not sync:
+        return  # the batch fsyncs mess/ once for all its renames
     try:
         fsync_dir(dest.parent)
     except OSError as exc:
