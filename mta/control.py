@@ -53,6 +53,7 @@ class Setting:
 
 
 ME = "ME"
+QMTP_PORT = 209
 SETTINGS: tuple[Setting, ...] = (
     Setting("me", "str", None, "", "this host's fully qualified name; default for most host names"),
     Setting("defaultdomain", "str", ME, "", "domain appended to dotless host names (inject)"),
@@ -245,10 +246,23 @@ def _parse_virtualdomains(s: Setting, lines: list[str]) -> tuple[tuple[str, str]
 
 def _parse_routes(s: Setting, lines: list[str]) -> tuple[Route, ...]:
     try:
-        return parse_routes(lines)
+        routes = parse_routes(lines)
     except ValueError as e:
         line, msg = e.args if len(e.args) == 2 else (0, str(e))
         raise ControlError(s.name, line, msg) from e
+    if s.name == "qmtproutes":  # QMTP's port is 209 where a line names none
+        given = [_names_port(ln) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        routes = tuple(r if has else Route(r.domain, r.host, QMTP_PORT)
+                       for r, has in zip(routes, given))
+    return routes
+
+
+def _names_port(line: str) -> bool:
+    rest = line.strip().partition(":")[2]
+    if rest.startswith("["):
+        rest = rest[rest.find("]") + 1:]
+        return rest.startswith(":")
+    return ":" in rest
 
 
 def _parse_servers(s: Setting, lines: list[str]) -> tuple[tuple[str, int], ...]:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from mta.control import load_control
 from mta.interfaces import Delivered, PermFail, TempFail
+from mta.net.qm_client import qmtp_send
 from mta.net.smtp_client import ConnectionFailed, open_smtp_connection
 from mta.queue import message_path
 from mta.remote.body import prepare_body
@@ -45,6 +46,7 @@ from mta.verp import is_verp, verp_sender
 
 MAX_RCPTS = 100
 MAX_TXNS_PER_CONN = 1000
+QMTP_BATCH = 100  # messages handed over on one QMTP connection
 BODY_CACHE = 64
 
 
@@ -146,6 +148,9 @@ class RemoteWorker:
             self._slot_freed()
 
     async def _converse(self, h: HostState) -> None:
+        if len(h.key) > 2 and h.key[2] == "qmtp":
+            await self._converse_qmtp(h)
+            return
         ctl = self.ctl
         try:
             conn = await open_smtp_connection(
@@ -174,6 +179,39 @@ class RemoteWorker:
         finally:
             h.established -= 1
             conn.close()
+
+    async def _converse_qmtp(self, h: HostState) -> None:
+        """Hand a batch of transactions to a QMTP host on one connection (qmtproutes)."""
+        txns, messages = [], []
+        while h.queue and len(txns) < QMTP_BATCH:
+            txn = h.queue.popleft()
+            try:
+                raw = message_path(self.root, txn.msg).read_bytes()
+            except OSError:
+                self._report(txn, [TempFail("unable to read the queued message", "4.3.0")]
+                             * len(txn.rcpts))
+                continue
+            txns.append(txn)
+            messages.append((txn.sender, [a for _, a in txn.rcpts], raw))
+        if not txns:
+            return
+        h.established += 1
+        try:
+            results = await qmtp_send(h.key[0], h.key[1], messages,
+                                      timeout=self.ctl.timeoutremote,
+                                      connect_timeout=self.ctl.timeoutconnect)
+        finally:
+            h.established -= 1
+        if all(isinstance(o, TempFail) for outs in results for o in outs) and \
+                h.connect_failed(self.clock()):
+            for txn, outs in zip(txns, results):
+                self._fail_over(txn, outs[0])
+            while h.queue:
+                self._fail_over(h.queue.popleft(), results[0][0])
+            return
+        for txn, outs in zip(txns, results):
+            self._report(txn, outs)
+            h.transaction_done()
 
     def _body(self, msg: int) -> bytes | None:
         body = self.bodies.get(msg)

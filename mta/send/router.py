@@ -3,7 +3,8 @@
 ``Router(ctl).resolve(domain)`` returns a list of ``(ip, port)`` in the order to
 try, or a ``TempFail`` / ``PermFail`` (qmail's texts, from ``mta.dns``). Routes come
 from ``control/smtproutes``; DNS uses ``control/nameservers`` when present, else
-the system resolver. Lookups for many domains run concurrently and share the
+the system resolver. Domains listed in ``control/qmtproutes`` (same syntax; port
+209 when a line gives none) are delivered with QMTP instead of SMTP. Lookups for many domains run concurrently and share the
 resolver's cache; ``forget()`` drops cached answers (SIGALRM does this so a fixed
 DNS problem is seen at once). ``local_ips`` are the addresses our own listeners
 use: an MX pointing only at them is a permanent error (qmail's #5.4.6), not a loop.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from mta.dns import Resolver
 from mta.interfaces import PermFail, TempFail
-from mta.remote.routes import resolve_destination
+from mta.remote.routes import resolve_destination, route_for
 
 __all__ = ["Router"]
 
@@ -26,7 +27,13 @@ class Router:
         self.resolver = Resolver(list(ctl.nameservers) or None, timeout=timeout,
                                  local_ips=local_ips)
 
-    async def resolve(self, domain: str) -> list[tuple[str, int]] | TempFail | PermFail:
+    async def resolve(self, domain: str) -> list[tuple] | TempFail | PermFail:
+        """Destinations for ``domain``: ``(ip, port)`` for SMTP, ``(ip, port, "qmtp")``
+        when ``control/qmtproutes`` has a route for it."""
+        qmtp = route_for(domain, self.ctl.qmtproutes)
+        if qmtp is not None:
+            got = await resolve_destination(domain, (qmtp,), self.resolver)
+            return [(ip, port, "qmtp") for ip, port in got] if isinstance(got, list) else got
         return await resolve_destination(domain, self.ctl.smtproutes, self.resolver)
 
     def forget(self) -> None:
