@@ -147,6 +147,11 @@ class System:
         return [json.loads(line) for line in p.stdout.splitlines()]
 
     def flush(self) -> None:
+        """``mta flush``, once the running scheduler has written its pid file."""
+        pidfile = self.root / "queue" / "lock" / "sendpid"
+        send = self.component_pid("send")
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() == str(send), 10,
+                   f"the scheduler (pid {send}) to write {pidfile}")
         subprocess.run([MTA, "flush"], env=self.env, check=True, capture_output=True, timeout=30)
 
     def wait_until(self, predicate, timeout: float, what: str) -> None:

@@ -1,0 +1,110 @@
+"""Issue 4 acceptance: ``mta start`` supervision, signals and idle-connection load.
+
+SIGKILL of the SMTP listener: restarted within 5 s, messages acknowledged before
+the kill delivered. SIGHUP: a new rcpthosts applies to new connections; a broken
+control file keeps the old configuration and logs an alert. SIGTERM: clean exit,
+a deferred message survives and is delivered after the restart. LO1 through the
+whole system: 500 idle connections from 50 source addresses leave room for a new
+client's full transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import time
+
+from conftest import wait_until
+
+BODY = "Subject: {n}\r\nMessage-ID: <{n}@t.example>\r\n\r\nbody {n}\r\n"
+
+
+def send(port: int, rcpt: str, n: int, source: str | None = None) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30,
+                      source_address=(source, 0) if source else None) as s:
+        assert s.sendmail("bob@t.example", [rcpt], BODY.format(n=n)) == {}
+
+
+def rcpt_code(port: int, rcpt: str, source: str = "127.0.3.1") -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as s:
+        s.ehlo()
+        s.mail("bob@t.example")
+        return s.rcpt(rcpt)[0]
+
+
+def test_listener_sigkill_restarted_within_5s_acknowledged_mail_delivered(system):
+    box = system.maildir("alice")
+    system.alias("alice", "./alice/\n")
+    system.start()
+    for n in range(5):
+        send(system.port, "alice@local.test", n)
+    listener = system.component_pid("smtp listener")
+    os.kill(listener, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: not system.accepting(), 5, "the killed listener's port to close")
+    wait_until(system.accepting, 5, lambda: f"a new listener within 5 s:\n{system.output()[-1500:]}")
+    assert time.monotonic() - killed < 5.5
+    assert system.component_pid("smtp listener") != listener
+    send(system.port, "alice@local.test", 5)
+    system.wait_until(lambda: len(box) == 6, 20, "all six messages in the Maildir")
+    subjects = sorted(m["Subject"] for m in box.messages())
+    assert subjects == [str(n) for n in range(6)]
+
+
+def test_sighup_reloads_rcpthosts_and_keeps_old_config_on_a_bad_file(system):
+    system.start()
+    assert rcpt_code(system.port, "v@other.example") == 553
+    system.control("rcpthosts", "local.test\nother.example\n")
+    system.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: rcpt_code(system.port, "v@other.example") == 250, 10,
+               "the new rcpthosts to apply after SIGHUP")
+    # a broken control file: the listener keeps the configuration it has
+    system.control("rcpthosts", "local.test\n")
+    system.control("databytes", "lots\n")
+    system.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "alert: unable to reread controls" in system.output(), 10,
+               lambda: f"an alert in the output:\n{system.output()[-1500:]}")
+    assert rcpt_code(system.port, "v@other.example") == 250
+    assert system.accepting()
+
+
+def test_sigterm_stops_cleanly_and_deferred_mail_survives(system):
+    box = system.maildir("soft")
+    dot = system.alias("soft", "|exit 111\n")
+    system.start()
+    send(system.port, "soft@local.test", 1)
+    system.wait_until(lambda: any(m["recipients"]["deferred"] for m in system.queue()), 20,
+                      "a deferred recipient")
+    assert system.stop() == 0
+    assert "all components stopped" in system.output()
+    assert len(system.queue()) == 1
+    dot.write_text("./soft/\n")
+    system.start()
+    system.flush()
+    system.wait_until(lambda: len(box) == 1, 20, "delivery after the restart")
+    system.wait_empty()
+
+
+def test_lo1_500_idle_connections_from_50_addresses_leave_room(system):
+    box = system.maildir("alice")
+    system.alias("alice", "./alice/\n")
+    system.start()
+    idle = []
+    try:
+        for i in range(500):
+            s = socket.socket()
+            s.bind((f"127.0.2.{i % 50 + 1}", 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", system.port))
+            idle.append(s)
+        greeted = sum(1 for s in idle[-50:] if s.recv(4).startswith(b"220"))
+        assert greeted == 50, "the last 50 idle connections were not all greeted"
+        began = time.monotonic()
+        send(system.port, "alice@local.test", 1)
+        assert time.monotonic() - began < 5, "a new client waited more than 5 s"
+        system.wait_until(lambda: len(box) == 1, 20, "the new client's message delivered")
+    finally:
+        for s in idle:
+            s.close()
