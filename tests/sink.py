@@ -204,6 +204,8 @@ class Sink:
                 sender, rcpts = cmd[10:].split(">")[0].lstrip("<"), []
                 self._release(held)
                 w(b"250 ok\r\n")
+            elif verb == "RCPT" and sender is None:
+                w(b"503 need MAIL first\r\n")
             elif verb == "RCPT":
                 addr = cmd[8:].split(">")[0].lstrip("<")
                 reply = self.rcpt_reply.get(addr)

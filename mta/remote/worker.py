@@ -73,7 +73,7 @@ class RemoteWorker:
         writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
         sender = asyncio.create_task(self._send_results(writer))
         try:
-            async for job in read_jobs(reader):
+            async for job in read_jobs(reader, on_flush=self._forget_down_hosts):
                 self._take_job(job)
         except SchedulerGone:
             sys.stderr.write("alert: remote worker: scheduler gone; abandoning its deliveries\n")
@@ -83,6 +83,11 @@ class RemoteWorker:
         sender.cancel()
         self._write_results(writer)
         await writer.drain()
+
+    def _forget_down_hosts(self) -> None:
+        """``mta flush``: the postmaster says try now, so no host stays marked down."""
+        for h in self.hosts.values():
+            h.down_until = h.down_for = 0.0
 
     # -- jobs into host queues ------------------------------------------------------
     def _take_job(self, job: dict) -> None:
@@ -157,9 +162,15 @@ class RemoteWorker:
                 h.key[0], h.key[1], helo=ctl.helohost, timeout_connect=ctl.timeoutconnect,
                 timeout_reply=ctl.timeoutremote)
         except ConnectionFailed as cf:
+            outcome = cf.outcome
+            if isinstance(outcome, PermFail):
+                # RD5: a 5xx greeting or EHLO/HELO refusal says "not here", not "no
+                # such recipient": next MX, else defer (qmail "greeting failed" is Z;
+                # Postfix smtp_skip_5xx_greeting)
+                outcome = TempFail(outcome.reason, "4" + outcome.dsn[1:])
             if h.connect_failed(self.clock()):
                 while h.queue:
-                    self._fail_over(h.queue.popleft(), cf.outcome)
+                    self._fail_over(h.queue.popleft(), outcome)
             return
         h.established += 1
         try:

@@ -212,6 +212,8 @@ class Scheduler:
     def _on_alarm(self) -> None:
         store.reschedule_all(self.conn, self.clock())
         self.router.forget()
+        for w in self.remote:
+            w.send_flush()
         self._want_pass()
 
     def _on_hup(self) -> None:
@@ -331,8 +333,8 @@ class Scheduler:
     async def _dispatch_remote(self, by_domain: dict[str, list[store.Due]]) -> None:
         tasks = {}
         for domain, rows in by_domain.items():
-            self.resolving.update(r.rcpt_id for r in rows)
-            tasks[asyncio.ensure_future(self._resolve(domain, rows))] = domain
+            self._reserve(rows, 1)
+            tasks[asyncio.ensure_future(self._resolve(domain))] = domain
         done, slow = await asyncio.wait(tasks, timeout=self.resolve_wait)
         await self._route([(by_domain[tasks[t]], t.result()) for t in done])
         for t in slow:  # DN2: a slow domain is dispatched on its own when it answers
@@ -340,11 +342,20 @@ class Scheduler:
             self.routing.add(task)
             task.add_done_callback(self.routing.discard)
 
-    async def _resolve(self, domain: str, rows: list[store.Due]):
+    def _reserve(self, rows: list[store.Due], n: int) -> None:
+        """Rows being resolved: not fetched again, and their message is busy (no bounce yet)."""
+        for r in rows:
+            self.msg_inflight[r.msg_id] += n
+            if n > 0:
+                self.resolving.add(r.rcpt_id)
+            else:
+                self.resolving.discard(r.rcpt_id)
+
+    async def _resolve(self, domain: str):
         try:
             return await self.router.resolve(domain)
-        finally:
-            self.resolving.difference_update(r.rcpt_id for r in rows)
+        except Exception as e:  # a resolver bug must not wedge the rows: retry later
+            return TempFail(f"DNS lookup of {domain} crashed: {e!r} (#4.3.0)", "4.3.0")
 
     async def _route_later(self, rows: list[store.Due], lookup: asyncio.Future) -> None:
         dest = await lookup
@@ -356,6 +367,7 @@ class Scheduler:
         """Send rows whose destinations are known to the workers (or fail them)."""
         jobs: dict[int, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
         for rows, dest in answers:
+            self._reserve(rows, -1)  # no await from here on: they are flown at once
             if isinstance(dest, (TempFail, PermFail)):
                 code = "Z" if isinstance(dest, TempFail) else "D"
                 for r in rows:

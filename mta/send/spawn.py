@@ -7,6 +7,7 @@ line:
 
     scheduler -> worker   {"jobs": [{"m": msg, "s": sender, "d": [[ip, port], ...],
                                       "r": [[rcpt_id, address, local], ...]}, ...]}
+    scheduler -> worker   {"flush": 1}  forget which hosts looked down (``mta flush``)
     scheduler -> worker   {"stop": 1}   then end of input: finish what you hold, exit
     worker -> scheduler   {"res": [[rcpt_id, "K"|"Z"|"D", text, dsn], ...]}
 
@@ -48,12 +49,16 @@ class SchedulerGone(Exception):
     """The worker's input ended without a stop request: its scheduler is dead."""
 
 
-async def read_jobs(reader: asyncio.StreamReader) -> AsyncIterator[dict]:
+async def read_jobs(reader: asyncio.StreamReader, on_flush=None) -> AsyncIterator[dict]:
     """Worker side: yield each job until a stop request; SchedulerGone on a bare EOF."""
     while line := await reader.readline():
         msg = json.loads(line)
         if msg.get("stop"):
             return
+        if msg.get("flush"):
+            if on_flush is not None:
+                on_flush()
+            continue
         for job in msg["jobs"]:
             yield job
     raise SchedulerGone
@@ -79,6 +84,10 @@ class WorkerProcess:
     def send_jobs(self, jobs: list[dict]) -> None:
         assert self.proc and self.proc.stdin
         self.proc.stdin.write(json.dumps({"jobs": jobs}, separators=(",", ":")).encode() + b"\n")
+
+    def send_flush(self) -> None:
+        if self.alive and self.proc.stdin and not self.proc.stdin.is_closing():
+            self.proc.stdin.write(b'{"flush":1}\n')
 
     async def drain(self) -> None:
         assert self.proc and self.proc.stdin
