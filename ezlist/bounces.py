@@ -93,6 +93,8 @@ class BounceBook:
         self.db, self.key, self.list_address = db, key, list_address
         self.threshold, self.timeout = threshold, timeout
         sdb = db.db
+        if sdb["removed"].exists():
+            return  # made before (by make_list); creating again would take the write lock
         sdb["bounce_state"].create(
             {"address": str, "state": str, "first": int, "last": int, "count": int,
              "warned_at": int, "warn_bounced_at": int, "probed_at": int},

@@ -38,6 +38,8 @@ import os
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Iterable
 
@@ -49,7 +51,8 @@ from ezlist.post import prepare_post
 from ezlist.subscribers import SubscriberDB
 from mta.queue import enqueue, open_queue
 
-SENDS = "sends"  # per-post records, one JSON file per post number
+SENDS = "sends"
+STREAM_BATCH = 20_000  # subscriber rows fetched at a time while streaming into the queue  # per-post records, one JSON file per post number
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +84,14 @@ def post_message(cfg: ListConfig, raw: bytes, root: Path, now: int | None = None
     with SubscriberDB(cfg.path / "subscribers.db") as db:
         conn = open_queue(root)
         try:
-            msg_id, count = 0, db.count()
-            if count:
-                msg_id = enqueue(root, sender, db.iter_addresses(), message, conn=conn)
+            msg_id = count = 0
+            if db.conn.execute("SELECT 1 FROM subscribers LIMIT 1").fetchone():  # not count(*)
+                # C-level iteration over fetchmany batches: no Python frame per row
+                stream = map(itemgetter(0), chain.from_iterable(db.iter_batches(STREAM_BATCH)))
+                msg_id = enqueue(root, sender, stream, message, conn=conn)
                 row = conn.execute("SELECT nrcpt FROM messages WHERE id = ?",
                                    (msg_id,)).fetchone()
-                count = row[0] if row else count  # None: already delivered and removed
+                count = row[0] if row else db.count()  # None: already delivered and removed
         finally:
             conn.close()
     record = {"number": number, "msg_id": msg_id, "queued": stamp,

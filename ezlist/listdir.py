@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ezlist import cookies, templates
 from ezlist._fsutil import fsync_dir, write_atomic
+from ezlist.bounces import BounceBook
 from ezlist.subscribers import SubscriberDB
 
 
@@ -212,7 +213,8 @@ def make_list(root: Path, address: str, options: ListOptions = ListOptions()) ->
         write_atomic(tmp / "num", b"0:0\n")
         templates.write_defaults(tmp / "text")
         _write_options(tmp, options)
-        SubscriberDB(tmp / "subscribers.db").close()
+        with SubscriberDB(tmp / "subscribers.db") as db:
+            BounceBook(db, read_key(tmp), f"{name}@{host}")  # creates the bounce tables
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
