@@ -291,10 +291,12 @@ class Scheduler:
                 return
             self.cursor, self.pass_open, self.pass_wanted, self.skipped = START, True, False, False
         while self.pass_open and self._busy() < self.window and not self.stopping:
-            rows = store.fetch_due(self.conn, self.clock(), self.cursor, self.batch)
+            # never more than the window in flight: it bounds a crash's duplicates
+            limit = min(self.batch, self.window - self._busy())
+            rows = store.fetch_due(self.conn, self.clock(), self.cursor, limit)
             if rows:
                 self.cursor = (rows[-1].next_try, rows[-1].rcpt_id)
-            if len(rows) < self.batch:
+            if len(rows) < limit:
                 self.pass_open = False
                 self.pass_wanted = self.skipped
             fresh = [r for r in rows
