@@ -187,12 +187,16 @@ def count(root: Path, name: str) -> None:
         click.echo(db.count())
 
 
-def _watch(root: Path, msg_id: int, total: int, interval: float = 0.5) -> None:
+def _watch(root: Path, cfg, number: int, msg_id: int, total: int,
+           interval: float = 0.5) -> None:
     start, first = time.monotonic(), None
     while True:
         prog = status.progress(root, msg_id)
         if prog is None:
+            final = status.send_status(cfg, root, number)
             click.echo("\ndone: the message has left the queue")
+            if final is not None:
+                click.echo(status.format_status(final))
             return
         done = prog.delivered + prog.failed
         now = time.monotonic()
@@ -230,7 +234,7 @@ def send(root: Path, name: str, file, no_wait: bool) -> None:
     click.echo(f"post {result.number} queued as msg {result.msg_id} for "
                f"{result.recipients} subscribers in {time.monotonic() - t0:.2f}s")
     if not no_wait and result.msg_id:
-        _watch(root, result.msg_id, result.recipients)
+        _watch(root, cfg, result.number, result.msg_id, result.recipients)
 
 
 @main.command("status")

@@ -136,3 +136,25 @@ def test_post_reaches_each_subscriber_once_and_a_5xx_comes_back_as_a_bounce(inst
 def _bouncing(cfg) -> list[str]:
     with SubscriberDB(cfg.path / "subscribers.db") as db:
         return [b.address for b in open_book(cfg, db).bouncing()]
+
+
+def test_ezlist_send_shows_progress_until_done_then_status(inst, tmp_path):
+    make_list(inst.root, f"letter@{HOST}", ListOptions())
+    with Sink("127.0.1.25", rcpt_reply={"gone@three.test": "550 gone"}) as three:
+        _route(inst, [("three.test", "127.0.1.25", three.port)])
+        ezlist = [str(BIN / "ezlist"), "--root", str(inst.root)]
+        subs = "".join(f"r{i}@three.test\n" for i in range(30)) + "gone@three.test\n"
+        subprocess.run(ezlist + ["sub", "letter"], input=subs.encode(), check=True, timeout=60)
+        eml = tmp_path / "letter.eml"
+        eml.write_bytes(b"From: editor@three.test\nSubject: issue 1\n\nnews\n")
+        inst.start()
+        out = subprocess.run(ezlist + ["send", "letter", str(eml)], capture_output=True,
+                             text=True, check=True, timeout=120).stdout
+        assert "post 1 queued as msg" in out and "for 31 subscribers" in out
+        assert "delivered 30" in out and "failed 1" in out, out
+        three.wait_for(30, 30)
+        inst.wait_empty(30)
+        shown = subprocess.run(ezlist + ["status", "letter", "1"], capture_output=True,
+                               text=True, check=True, timeout=60).stdout
+        assert "finished" in shown and "delivered 30" in shown and "failed 1" in shown, shown
+        assert "three.test" in shown and "550" in shown, shown
