@@ -12,4 +12,10 @@ Public modules (import them directly; each opens with its own manual):
     ezlist.bounceparse  failed_addresses, is_ignorable, is_qsbmf
     ezlist.bounces      BounceBook, Notice, BounceStatus, Removal, State
     ezlist.templates    render, write_defaults, TEMPLATE_NAMES
+    ezlist.deliver      run, main: the dot-qmail program (python -m ezlist.deliver LISTDIR)
+    ezlist.fanout       post_message, send_reply, PostResult, send records
+    ezlist.manage       handle, refusal: email commands, double opt-in
+    ezlist.moderate     hold_post, accept, reject, expire, moderators, Reply
+    ezlist.returns      handle, send_due_notices, open_book: bounce intake, warn/probe
+    ezlist.status       progress, send_status, format_status, Progress, SendStatus
 """

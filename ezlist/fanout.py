@@ -23,8 +23,9 @@ Public functions:
     post_message(cfg, raw, root, now=None) -> PostResult
     send_reply(cfg, root, to, subject, text, *, sender=None, reply_to=None,
                attach=None, extra_to=()) -> int
-    read_send_record(list_dir, number) -> dict | None;  send_numbers(list_dir) -> list[int]
-    responder_line(cfg) -> bytes
+    read_send_record(list_dir, number) -> dict | None;  write_send_record(list_dir, record)
+    send_numbers(list_dir) -> list[int]
+    responder_line(cfg) -> bytes;  header_value(raw, name) -> str
 
 Failures: ``mta.queue.QueueError`` (qmail-queue's failure classes; the caller
 maps them to exit 111), ``sqlite3.Error`` and ``OSError`` propagate and mean
