@@ -1,0 +1,227 @@
+"""SMTP ingress: Postfix's smtp-source into our listener + queue owner, and into Postfix.
+
+Both sides accept small messages from ``smtp-source -s 20 -m N -l 1000`` (20 parallel
+sessions, one message per connection, smtp-source's default) to a local recipient,
+and both answer 250 only once the message is durable:
+
+- ours: ``python -m mta.queued`` (group commit) + ``python -m mta.listen --smtp``,
+  i.e. what ``mta start`` runs minus the scheduler: INGRESS ONLY, the messages stay
+  in the queue (recipient u@local.test has a .qmail file, so the RCPT check passes).
+- Postfix: a separate instance (config dir /etc/postfix-ingress, queue
+  /var/spool/postfix-ingress, so a Postfix run by another benchmark is not touched):
+  smtpd -> cleanup (fsync) -> incoming queue; qmgr hands them to the ``discard``
+  transport, so what is measured is its ingress plus a near-free delivery.
+
+Messages/s is messages / wall time of smtp-source. CPU per message is the CPU time
+(user+system) of the server processes (for Postfix: master and every descendant,
+exited children counted through their parent's cutime/cstime), smtp-source excluded.
+Runs alternate (ours, postfix, ours, ...) so machine noise hits both alike.
+
+    sudo .venv/bin/python benchmarks/smtp_ingress_vs_postfix.py [--messages 5000] [--runs 3]
+
+Needs root for Postfix (``--skip-postfix`` otherwise). Leaves Postfix stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+PF_DIR = Path("/etc/postfix-ingress")
+PF_QUEUE = Path("/var/spool/postfix-ingress")
+PF_DATA = Path("/var/lib/postfix-ingress")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_smtp(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(100).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"no SMTP greeting on port {port} after {timeout}s")
+
+
+def proc_cpu(pid: int) -> float:
+    """utime+stime+cutime+cstime of ``pid`` in seconds (0 if gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / TICK
+
+
+def tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{e}/stat").read_text().rpartition(")")[2].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(e))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def cpu_snapshot(pids: list[int]) -> dict[int, float]:
+    return {p: proc_cpu(p) for p in pids}
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after.values()) - sum(v for p, v in before.items() if p in after)
+
+
+def smtp_source(port: int, n: int, sessions: int, size: int) -> float:
+    t = time.perf_counter()
+    subprocess.run(["/usr/sbin/smtp-source", "-s", str(sessions), "-m", str(n), "-l", str(size),
+                    "-f", "a@b.test", "-t", "u@local.test", f"127.0.0.1:{port}"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def run_ours(n: int, sessions: int, size: int) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="ingress-", dir="/var/tmp"))
+    root = base / "inst"
+    subprocess.run([str(Path(PY).parent / "mta"), "--root", str(root), "init", "--me",
+                    "local.test"], check=True, capture_output=True)
+    (root / "alias" / ".qmail-u").write_text("./Maildir/\n")
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    owner = subprocess.Popen([PY, "-m", "mta.queued", "--root", str(root)], env=env,
+                             stderr=subprocess.DEVNULL)
+    while not (root / "queue" / "lock" / "qq.sock").exists():
+        time.sleep(0.02)
+    listener = subprocess.Popen([PY, "-m", "mta.listen", "--root", str(root), "--smtp",
+                                 f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_smtp(port)
+        before = cpu_snapshot([owner.pid, listener.pid])
+        wall = smtp_source(port, n, sessions, size)
+        cpu = cpu_delta(before, cpu_snapshot([owner.pid, listener.pid]))
+        with sqlite3.connect(root / "queue" / "queue.db") as db:
+            queued = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    finally:
+        for p in (listener, owner):
+            p.terminate()
+            p.wait(30)
+        shutil.rmtree(base)
+    return {"wall": wall, "cpu": cpu, "queued": queued}
+
+
+MAIN_CF = """compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+myhostname = bench.test
+mydestination = local.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+local_recipient_maps =
+alias_maps =
+alias_database =
+local_transport = discard:ingress benchmark
+default_transport = discard:ingress benchmark
+relay_transport = discard:ingress benchmark
+smtpd_banner = $myhostname ESMTP
+biff = no
+maillog_file = /var/log/postfix-ingress.log
+"""
+
+
+def setup_postfix(port: int) -> None:
+    PF_DIR.mkdir(exist_ok=True)
+    (PF_DIR / "main.cf").write_text(MAIN_CF.format(queue=PF_QUEUE, data=PF_DATA))
+    master = []
+    for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+        words = line.split()
+        if words[:2] == ["smtp", "inet"]:
+            line = f"127.0.0.1:{port} inet n - n - - smtpd"
+        elif len(words) > 4 and not line[0].isspace() and not line.startswith("#"):
+            words[4] = "n"  # no chroot: the new queue dir has no chroot files
+            line = " ".join(words)
+        master.append(line)
+    (PF_DIR / "master.cf").write_text("\n".join(master) + "\n")
+    for d in (PF_QUEUE, PF_DATA):
+        d.mkdir(exist_ok=True)
+    for f in ("dynamicmaps.cf", "postfix-files"):
+        if (Path("/etc/postfix") / f).exists():
+            shutil.copy(Path("/etc/postfix") / f, PF_DIR / f)
+    for d in ("dynamicmaps.cf.d", "postfix-files.d"):
+        if (Path("/etc/postfix") / d).is_dir() and not (PF_DIR / d).exists():
+            shutil.copytree(Path("/etc/postfix") / d, PF_DIR / d)
+    subprocess.run(["postfix", "-c", str(PF_DIR), "set-permissions"], capture_output=True)
+    subprocess.run(["postfix", "-c", str(PF_DIR), "check"], check=True)
+
+
+def run_postfix(n: int, sessions: int, size: int) -> dict:
+    port = free_port()
+    setup_postfix(port)
+    subprocess.run(["postfix", "-c", str(PF_DIR), "start"], check=True, capture_output=True)
+    try:
+        wait_smtp(port)
+        master = int((PF_QUEUE / "pid" / "master.pid").read_text().split()[0])
+        before = cpu_snapshot(tree(master))
+        wall = smtp_source(port, n, sessions, size)
+        cpu = cpu_delta(before, cpu_snapshot(tree(master)))
+    finally:
+        subprocess.run(["postfix", "-c", str(PF_DIR), "stop"], capture_output=True)
+    return {"wall": wall, "cpu": cpu, "queued": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-postfix", action="store_true")
+    a = ap.parse_args()
+    results: dict[str, list[dict]] = {"ours": [], "postfix": []}
+    for r in range(a.runs):
+        for name, fn in (("ours", run_ours), ("postfix", run_postfix)):
+            if name == "postfix" and a.skip_postfix:
+                continue
+            res = fn(a.messages, a.sessions, a.size)
+            results[name].append(res)
+            print(f"run {r + 1} {name:8s} {a.messages / res['wall']:7.0f} msg/s"
+                  f"  {res['cpu'] / a.messages * 1000:6.2f} ms CPU/msg"
+                  f"  ({res['wall']:.1f}s, {res['queued']} queued)", flush=True)
+    for name, runs in results.items():
+        if runs:
+            rate = statistics.median(a.messages / x["wall"] for x in runs)
+            cpu = statistics.median(x["cpu"] / a.messages * 1000 for x in runs)
+            print(f"median {name:8s} {rate:7.0f} msg/s  {cpu:6.2f} ms CPU/msg")
+    if results["postfix"]:
+        ratio = (statistics.median(a.messages / x["wall"] for x in results["ours"])
+                 / statistics.median(a.messages / x["wall"] for x in results["postfix"]))
+        print(f"ratio ours/postfix: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
