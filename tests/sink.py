@@ -138,21 +138,27 @@ class Sink:
                 if self.group:
                     self.group.enter()
         held: list = []  # recipients of this session's open transaction
+        counted = [not refuse]
+
+        def leave() -> None:  # once: at QUIT (before the 221 lets the client go on) or at the end
+            if counted[0]:
+                counted[0] = False
+                with self._lock:
+                    self.sessions -= 1
+                if self.group:
+                    self.group.leave()
+
         try:
             if refuse:
                 writer.write(b"421 too busy, try later\r\n")
                 await writer.drain()
                 return
-            await self._converse(reader, writer, held)
+            await self._converse(reader, writer, held, leave)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away: the session simply ends
         finally:
             self._release(held)
-            if not refuse:
-                with self._lock:
-                    self.sessions -= 1
-                if self.group:
-                    self.group.leave()
+            leave()
             writer.close()
 
     def _release(self, held: list) -> None:
@@ -186,7 +192,7 @@ class Sink:
             with self._lock:
                 self.holding -= 1
 
-    async def _converse(self, reader, writer, held: list) -> None:
+    async def _converse(self, reader, writer, held: list, leave) -> None:
         w = writer.write
         w(self.greeting.encode() + b"\r\n")
         if not self.greeting.startswith("2"):
@@ -239,6 +245,8 @@ class Sink:
                 self._release(held)
                 w(b"250 ok\r\n")
             elif verb == "QUIT":
+                self._release(held)
+                leave()
                 w(b"221 bye\r\n")
                 await writer.drain()
                 return

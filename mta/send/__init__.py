@@ -5,6 +5,8 @@
     schedule   next_retry, expired: qmail's retry schedule and queue lifetime
     router     Router: smtproutes, else DNS (cached)
     bouncer    Bouncer: bounces, double bounces, triple-bounce discards
+    supervise  Supervision: worker processes, signals, the injection trigger
+    journal    InflightJournal: what was in flight at a crash ("possible duplicate")
     spawn      WorkerProcess and the JSON-lines protocol to the workers
     log        SendLog: qmail-send's log lines
 """

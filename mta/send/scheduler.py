@@ -45,13 +45,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from mta.control import ControlError, load_control
+from mta.control import load_control
 from mta.crashpoint import crash_point
 from mta.interfaces import PermFail, TempFail
 from mta.queue import clean_queue, open_queue
@@ -61,7 +59,7 @@ from mta.send.journal import InflightJournal
 from mta.send.log import SendLog
 from mta.send.router import Router
 from mta.send.schedule import TOO_LONG, expired, next_retry
-from mta.send.spawn import WorkerProcess
+from mta.send.supervise import Flight, Supervision
 from mta.verp import is_verp
 
 __all__ = ["Scheduler"]
@@ -69,15 +67,7 @@ __all__ = ["Scheduler"]
 START = (-1.0, 0)
 
 
-@dataclass(slots=True)
-class Flight:
-    delivery: int
-    msg: int
-    remote: bool
-    dest: tuple | None
-
-
-class Scheduler:
+class Scheduler(Supervision):
     def __init__(self, root: Path, *, workers: int | None = None, echo: bool = False,
                  window: int = 20000, batch: int = 5000, per_dest: int = 3000,
                  flush_interval: float = 0.1, clock=time.time, local_ips=(),
@@ -160,117 +150,6 @@ class Scheduler:
         if nxt is None:
             return 5.0
         return min(5.0, max(0.05, nxt - self.clock()))
-
-    async def _start_workers(self) -> None:
-        n = max(1, min(self.nworkers, self.ctl.concurrencyremote or 1))
-        per = max(1, self.ctl.concurrencyremote // n)
-        root = str(self.root)
-        self.remote = [WorkerProcess("mta.remote.worker", ["--root", root, "--connections", str(per)],
-                                     f"remote worker {i}") for i in range(n)]
-        self.local = WorkerProcess("mta.lspawn", ["--root", root], "local worker")
-        self.readers = []
-        for w in self.remote + [self.local]:
-            await w.start()
-            self.readers.append(asyncio.create_task(self._read_results(w)))
-
-    async def _read_results(self, worker: WorkerProcess) -> None:
-        while True:
-            async for batch in worker.results():
-                self.pending.extend(batch)
-            if self.stopping:
-                return
-            self.log.line(f"alert: {worker.name} died; restarting it")
-            self._forget_worker(worker)
-            await asyncio.sleep(0.5)
-            await worker.start()
-
-    def _forget_worker(self, worker: WorkerProcess) -> None:
-        """Rows in flight at a dead worker go back to being due (maybe delivered twice)."""
-        local = worker is self.local
-        idx = None if local else self.remote.index(worker)
-        def owned(fl: Flight) -> bool:
-            if local:
-                return not fl.remote
-            return fl.dest is not None and self._worker_index(fl.dest) == idx
-
-        lost = [rid for rid, fl in self.inflight.items() if owned(fl)]
-        for rid in lost:
-            fl = self.inflight.pop(rid)
-            self.msg_inflight[fl.msg] -= 1
-            if fl.dest is not None:
-                self.dest_inflight[fl.dest] -= 1
-            self.log.result(fl.delivery, "deferral", "worker died; will retry (possible duplicate)")
-        self.pass_wanted = True
-
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGALRM, self._on_alarm)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
-        loop.add_signal_handler(signal.SIGTERM, self._on_term)
-        loop.add_signal_handler(signal.SIGINT, self._on_term)
-
-    def _on_alarm(self) -> None:
-        store.reschedule_all(self.conn, self.clock())
-        self.router.forget()
-        for w in self.remote:
-            w.send_flush()
-        self._want_pass()
-
-    def _on_hup(self) -> None:
-        try:
-            self.ctl = load_control(self.root)
-        except ControlError as e:
-            self.log.line(f"alert: unable to reread controls, keeping the old ones: {e}")
-            return
-        self.router = Router(self.ctl, local_ips=self.local_ips)
-        self.bouncer.ctl = self.ctl
-        self._want_pass()
-
-    def _on_term(self) -> None:
-        self.stopping = True
-        self.wake.set()
-
-    def _want_pass(self) -> None:
-        self.pass_wanted = True
-        self.wake.set()
-
-    def _open_trigger(self) -> int | None:
-        path = self.root / "queue" / "lock" / "trigger"
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            # keep a writer open ourselves so the FIFO never reports EOF
-            self._trigger_w = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as e:
-            self.log.line(f"warning: trouble opening {path}: {e}; polling instead")
-            return None
-        asyncio.get_running_loop().add_reader(fd, self._on_trigger, fd)
-        return fd
-
-    def _on_trigger(self, fd: int) -> None:
-        try:
-            os.read(fd, 4096)
-        except BlockingIOError:
-            pass
-        self._want_pass()
-
-    async def _shutdown(self, trigger_fd: int | None) -> None:
-        for t in list(self.routing):
-            t.cancel()
-        for w in self.remote + [self.local]:
-            await w.stop()
-        for r in self.readers:
-            r.cancel()
-        self._flush()
-        if trigger_fd is not None:
-            asyncio.get_running_loop().remove_reader(trigger_fd)
-            os.close(trigger_fd)
-            os.close(self._trigger_w)
-        self.log.line("status: exiting")
-        if not self.inflight:
-            self.journal.clear()
-        self.journal.close()
-        self.log.close()
-        self.conn.close()
 
     # -- fetching and dispatching -------------------------------------------------
     def _announce_new(self) -> None:
