@@ -16,8 +16,10 @@ Recipient checks at RCPT time: an address in a local domain with no dot-qmail fi
 (and so no list either) gets 550 (``mta.local.has_delivery``).
 
 SIGHUP re-reads the control files into a fresh policy for new connections; a bad
-file keeps the old policy and logs why. SIGTERM stops accepting and exits once the
-sessions in progress are done (bounded by ``timeoutsmtpd``).
+file keeps the old policy and logs why. SIGTERM stops accepting; an idle SMTP
+session gets 421 at once, one in a transaction finishes it (its 250 included) and
+then gets 421; the process exits when none is left, or after ``timeoutsmtpd`` (at
+most DRAIN_MAX) seconds, dropping what is left unacknowledged.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from mta.local import has_delivery
 from mta.qq_client import QqClient, QqError, socket_path
 from mta.queue import QueueError, enqueue
 from mta.smtp.policy import SmtpPolicy
-from mta.smtpd import SubmitError, load_server_tls, open_smtp_server
+from mta.smtpd import SubmitError, drain_sessions, load_server_tls, open_smtp_server
 
 log = logging.getLogger("mta.listen")
+DRAIN_MAX = 60.0  # SIGTERM: how long a session in a transaction may take to finish it
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -92,7 +95,9 @@ async def run_smtp(root: Path, host: str, port: int, direct: bool = False) -> No
                                     ssl_context=load_server_tls(root),
                                     on_listener=listeners.append)
     log.info("smtp listening on %s:%d", host, port)
-    await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root))
+    timeout = min(float(policy.timeoutsmtpd), DRAIN_MAX)
+    await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root),
+                            drain=lambda: drain_sessions(listeners[0], timeout))
 
 
 def _reload_smtp(listener, root: Path) -> None:
@@ -155,7 +160,7 @@ def _qm_submit(root: Path, direct: bool):
     return submit
 
 
-async def _serve_until_term(server, reload) -> None:
+async def _serve_until_term(server, reload, drain=None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -163,6 +168,10 @@ async def _serve_until_term(server, reload) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
     server.close()
+    if drain is not None:
+        dropped = await drain()
+        if dropped:
+            log.info("dropped %d session(s) still open at shutdown", dropped)
     await server.wait_closed()
 
 

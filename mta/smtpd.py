@@ -23,6 +23,11 @@ Public:
     load_server_tls(root) -> ssl.SSLContext | None
         from ``ROOT/control/servercert.pem`` (certificate and key in one file, as the
         qmail TLS patch), None when the file is absent.
+    drain_sessions(listener, timeout) -> int
+        for SIGTERM, after the server was closed: idle sessions get ``421`` and are
+        closed, a session in a transaction may finish it (its 250 included) and is
+        then closed; after ``timeout`` seconds the rest are dropped (nothing of theirs
+        was acknowledged). Returns how many were dropped.
     SubmitError(temporary, text), Submit
     ``submit(sender, recipients, data)`` is awaited; ``data`` has LF line ends, is
     dot-unstuffed and starts with our Received line. It returns anything (an int is
@@ -51,13 +56,16 @@ from mta.crashpoint import crash_point
 from mta.received import format_received
 from mta.smtp import replies as R
 from mta.smtp.policy import SmtpPolicy
-from mta.smtp.server import CloseConnection, Event, MessageReady, SendBytes, SmtpServer, StartTls
+from mta.smtp.server import (CloseConnection, Event, MessageReady, SendBytes, SmtpServer, StartTls,
+                             State)
 
-__all__ = ["SubmitError", "Submit", "open_smtp_server", "serve_smtp", "load_server_tls"]
+__all__ = ["SubmitError", "Submit", "open_smtp_server", "serve_smtp", "load_server_tls",
+           "drain_sessions"]
 
 log = logging.getLogger("mta.smtpd")
 
 Submit = Callable[[str, list[str], bytes], Awaitable[Any]]
+R421_SHUTTING_DOWN = "421 {me} shutting down, try again later (#4.3.2)"
 
 
 class SubmitError(Exception):
@@ -77,6 +85,8 @@ class _Listener:
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.tasks: set[asyncio.Task] = set()
+        self.sessions: set[SmtpProtocol] = set()
+        self.draining = False
 
 
 class SmtpProtocol(asyncio.Protocol):
@@ -106,6 +116,7 @@ class SmtpProtocol(asyncio.Protocol):
         self.ip = str(peer[0])
         lst.total += 1
         lst.per_ip[self.ip] += 1
+        lst.sessions.add(self)
         action = policy.access.lookup(self.ip)
         self.core = SmtpServer(policy, client_ip=self.ip, local_ip=str(local[0]),
                                may_relay=action is Action.RELAY, tls_available=lst.ssl_context is not None)
@@ -132,6 +143,7 @@ class SmtpProtocol(asyncio.Protocol):
             return
         self._arm_timer()
         self._act(self.core.receive_data(data))
+        self.close_if_draining()
 
     def eof_received(self) -> bool:
         return False  # close our side too; nothing is queued without a complete DATA
@@ -141,6 +153,7 @@ class SmtpProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         lst = self.listener
+        lst.sessions.discard(self)
         lst.total -= 1
         lst.per_ip[self.ip] -= 1
         if lst.per_ip[self.ip] <= 0:
@@ -212,6 +225,14 @@ class SmtpProtocol(asyncio.Protocol):
         if not self._closed:
             self._act(events)
             self._resume("submit")
+            self.close_if_draining()
+
+    def close_if_draining(self) -> None:
+        """While draining, end a session that holds no transaction with a 421."""
+        core = self.core
+        if (self.listener.draining and not self._closed and core is not None
+                and core.state is State.COMMAND and core.sender is None and not self._paused):
+            self._act(core.refuse(R421_SHUTTING_DOWN))
 
     async def _start_tls(self) -> None:
         loop, lst = asyncio.get_running_loop(), self.listener
@@ -277,6 +298,22 @@ async def serve_smtp(host: str, port: int, *, policy: SmtpPolicy, submit: Submit
     server = await open_smtp_server(host, port, policy=policy, submit=submit, ssl_context=ssl_context)
     async with server:
         await server.serve_forever()
+
+
+async def drain_sessions(listener: _Listener, timeout: float) -> int:
+    """Close idle sessions now, the others once their transaction ends (see above)."""
+    listener.draining = True
+    for session in list(listener.sessions):
+        session.close_if_draining()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while listener.sessions and loop.time() < deadline:
+        await asyncio.sleep(0.05)  # sessions end on their own clients' pace
+    left = list(listener.sessions)
+    for session in left:
+        if session.transport is not None:
+            session.transport.abort()
+    return len(left)
 
 
 def load_server_tls(root: Path | str) -> ssl.SSLContext | None:
