@@ -108,3 +108,35 @@ def test_lo1_500_idle_connections_from_50_addresses_leave_room(system):
     finally:
         for s in idle:
             s.close()
+
+
+def test_sigterm_mid_data_the_session_finishes_and_its_message_is_kept(system):
+    """SIGTERM: an idle session gets 421 now; one in DATA gets its 250, then 421."""
+    box = system.maildir("alice")
+    system.alias("alice", "./alice/\n")
+    system.start()
+    idle = socket.create_connection(("127.0.0.1", system.port), timeout=20)
+    assert idle.recv(4) == b"220 "
+    with idle, socket.create_connection(("127.0.0.1", system.port), timeout=20) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        for command in (b"HELO t.example\r\n", b"MAIL FROM:<bob@t.example>\r\n",
+                        b"RCPT TO:<alice@local.test>\r\n", b"DATA\r\n"):
+            s.sendall(command)
+            assert f.readline()[:1] in b"23"
+        s.sendall(b"Subject: term\r\nMessage-ID: <term@t.example>\r\n\r\nfirst half\r\n")
+        system.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping" in system.output(), 10, "the supervisor to stop")
+        idle_said = b""
+        while chunk := idle.recv(4096):  # the idle session is told and closed at once
+            idle_said += chunk
+        assert b"\r\n421 " in idle_said, idle_said
+        s.sendall(b"second half\r\n.\r\n")
+        reply = f.readline()
+        assert f.readline().startswith(b"421"), "the session should end after its 250"
+    assert reply.startswith(b"250"), reply
+    assert system.proc.wait(30) == 0
+    system.start()
+    system.wait_until(lambda: len(box) == 1, 20, "the message accepted during SIGTERM")
+    (msg,) = box.messages()
+    assert msg.get_payload() == "first half\nsecond half\n"
