@@ -140,3 +140,29 @@ def test_sigterm_mid_data_the_session_finishes_and_its_message_is_kept(system):
     system.wait_until(lambda: len(box) == 1, 20, "the message accepted during SIGTERM")
     (msg,) = box.messages()
     assert msg.get_payload() == "first half\nsecond half\n"
+
+
+def send_until_accepted(port: int, rcpt: str, n: int, timeout: float) -> None:
+    """Send, retrying a refused or 4xx attempt, as any client would (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return send(port, rcpt, n)
+        except (OSError, smtplib.SMTPException) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"message {n} not accepted within {timeout}s: {e!r}")
+            time.sleep(0.1)  # back off before the retry
+
+
+def test_scheduler_and_queue_owner_sigkill_restarted_mail_flows(system):
+    box = system.maildir("alice")
+    system.alias("alice", "./alice/\n")
+    system.start()
+    for n, name in enumerate(("send", "queue owner")):
+        pid = system.component_pid(name)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: system.component_pid(name) != pid, 10,
+                   lambda: f"{name} restarted:\n{system.output()[-1500:]}")
+        send_until_accepted(system.port, "alice@local.test", n, 15)
+    system.wait_until(lambda: len(box) == 2, 20, "both messages delivered")
+    system.wait_empty()
