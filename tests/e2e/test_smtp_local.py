@@ -138,3 +138,22 @@ def test_bs1_bs2_unknown_user_refused_at_rcpt_nothing_queued(system, sink):
             assert s.docmd("DATA")[0] >= 500
     assert system.queue() == []
     assert sink.messages == []
+
+
+def test_lp2_hop_count_and_databytes_refused_at_data_nothing_queued(system):
+    system.maildir("alice")
+    system.alias("alice", "./alice/\n")
+    system.control("databytes", "10000\n")
+    system.start()
+    hops = "".join(f"Received: from h{i} by h{i + 1}\r\n" for i in range(100))
+    with smtplib.SMTP("127.0.0.1", system.port, timeout=30) as s:
+        with pytest.raises(smtplib.SMTPDataError) as looping:
+            s.sendmail("bob@t.example", ["alice@local.test"], hops + "Subject: l\r\n\r\nx\r\n")
+        assert looping.value.smtp_code == 554 and b"#5.4.6" in looping.value.smtp_error
+    with smtplib.SMTP("127.0.0.1", system.port, timeout=30) as s:
+        s.ehlo()
+        s.mail("bob@t.example")
+        s.rcpt("alice@local.test")
+        code, text = s.data("Subject: big\r\n\r\n" + ("y" * 70 + "\r\n") * 200)
+        assert code == 552, (code, text)
+    assert system.queue() == []
