@@ -59,6 +59,12 @@ class Supervision:
                 self.pending.extend(batch)
             if self.stopping:
                 return
+            if self.privsep:  # no longer root: cannot start it under its own uid again
+                self.log.line(f"alert: {worker.name} died; exiting so mta start restarts us")
+                self._forget_worker(worker)
+                self.exit_code = 111
+                self._on_term()
+                return
             self.log.line(f"alert: {worker.name} died; restarting it")
             self._forget_worker(worker)
             await asyncio.sleep(0.5)
@@ -138,6 +144,8 @@ class Supervision:
             t.cancel()
         for w in self.remote + [self.local]:
             await w.stop()
+        # the workers have exited: let the readers take their last results first
+        await asyncio.wait(self.readers, timeout=5)
         for r in self.readers:
             r.cancel()
         self._flush()

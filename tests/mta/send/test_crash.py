@@ -64,3 +64,34 @@ def test_sigkill_mid_fanout_loses_nothing(inst):
     finally:
         for s in sinks:
             s.__exit__(None, None, None)
+
+
+def test_journal_keeps_ids_until_cleared(tmp_path):
+    from mta.send.journal import InflightJournal
+
+    j = InflightJournal(tmp_path / "inflight")
+    j.record([3, 1, 3])
+    j.record(i for i in (7,))
+    assert InflightJournal(tmp_path / "inflight").previous() == [3, 1, 7]
+    j.clear()
+    assert j.previous() == []
+    j.record([9])
+    j.close()
+    assert InflightJournal(tmp_path / "inflight").previous() == [9]
+
+
+def test_graceful_stop_and_restart_claims_no_duplicates(inst):
+    with Sink("127.0.1.5") as s:
+        inst.control("smtproutes", f":127.0.1.5:{s.port}\n")
+        inst.start()
+        assert inst.inject("a@mx.test", [f"g{i}@g.test" for i in range(20)]) == 0
+        s.wait_for(20, 30)
+        inst.wait_empty(20)
+        inst.stop()
+        assert inst.proc.returncode == 0
+        assert (inst.root / "queue" / "lock" / "inflight").read_bytes() == b""
+        inst.start()
+        assert inst.inject("a@mx.test", ["late@g.test"]) == 0
+        s.wait_for(21, 30)
+        inst.stop()
+        assert "possible duplicate" not in "\n".join(inst.log_lines())
