@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import sys
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_maildir_delivery_readable_with_mailbox(system):
 
 def test_program_sees_qmail_local_environment(system):
     out = system.tmp / "env.json"
-    system.alias("prog-default", f"|{system.env.get('PYTHON', __import__('sys').executable)} -c "
+    system.alias("prog-default", f"|{sys.executable} -c "
                  f"'import json,os,sys; sys.stdin.read(); json.dump(dict(os.environ), "
                  f"open(\"{out}\", \"w\"))'\n")
     system.start()
