@@ -55,7 +55,7 @@ def test_subscribe_and_unsubscribe_by_mail(inst):
         _route(inst, [("example.org", "127.0.1.21", box.port)])
         inst.start()
         assert inst.inject("box@example.org", [f"news-subscribe-box=example.org@{HOST}"]) == 0
-        box.wait_for(1, 30)
+        box.wait_for(1, 60)
         confirm = box.messages[0]
         assert confirm.rcpts == ["box@example.org"] and confirm.sender == f"news-return-@{HOST}"
         sc = _reply_to(confirm.data)
@@ -64,22 +64,22 @@ def test_subscribe_and_unsubscribe_by_mail(inst):
         t, mac, rest = re.fullmatch(r"news-sc\.(\d+)\.([a-z2-7]{16})-(.*)", sc).groups()
         forged = f"news-sc.{t}.{'a' if mac[0] != 'a' else 'b'}{mac[1:]}-{rest}"
         assert inst.inject("box@example.org", [forged]) == 0
-        box.wait_for(2, 30)
+        box.wait_for(2, 60)
         assert "not valid, had expired" in _text(box.messages[1].data)
         assert _subscribers(cfg) == []
         assert inst.inject("box@example.org", [sc], b"Subject: Re: confirm\n\nyes\n") == 0
-        box.wait_for(3, 30)
+        box.wait_for(3, 60)
         assert "WELCOME" in _text(box.messages[2].data)
         assert _subscribers(cfg) == ["box@example.org"]
         assert inst.inject("box@example.org", [f"news-unsubscribe@{HOST}"]) == 0
-        box.wait_for(4, 30)
+        box.wait_for(4, 60)
         uc = _reply_to(box.messages[3].data)
         assert uc.startswith("news-uc.")
         assert inst.inject("box@example.org", [uc]) == 0
-        box.wait_for(5, 30)
+        box.wait_for(5, 60)
         assert "GOODBYE" in _text(box.messages[4].data)
         assert _subscribers(cfg) == []
-        inst.wait_empty(30)
+        inst.wait_empty(60)
 
 
 def test_post_reaches_each_subscriber_once_and_a_5xx_comes_back_as_a_bounce(inst):
@@ -96,8 +96,8 @@ def test_post_reaches_each_subscriber_once_and_a_5xx_comes_back_as_a_bounce(inst
         inst.start()
         post = b"From: u1@one.test\nSubject: news\nMessage-ID: <p1@one.test>\n\nhello all\n"
         assert inst.inject("u1@one.test", [f"news@{HOST}"], post) == 0
-        one.wait_for(20, 30)
-        two.wait_for(20, 30)
+        one.wait_for(20, 60)
+        two.wait_for(20, 60)
         got = [(m.sender, r, m.data) for s in (one, two) for m in s.messages for r in m.rcpts]
         assert sorted(r for _, r, _ in got) == sorted(rcpts)  # once each; bad refused
         for sender, r, data in got:
@@ -111,12 +111,12 @@ def test_post_reaches_each_subscriber_once_and_a_5xx_comes_back_as_a_bounce(inst
                           "<mailto:news-unsubscribe@lists.test>", "Precedence: list"):
                 assert field in text, field
         # the mta bounces bad@one.test to news-return-1-bad=one.test@ and ezlist records it
-        inst.wait_until(lambda: _bouncing(cfg) == ["bad@one.test"], 30, "the bounce record")
+        inst.wait_until(lambda: _bouncing(cfg) == ["bad@one.test"], 60, "the bounce record")
         # a non-subscriber's post and a looping post are refused: bounced to their senders
         assert inst.inject("stranger@home.test", [f"news@{HOST}"], post) == 0
         looped = b"Delivered-To: mailing list news@lists.test\n" + post
         assert inst.inject("u2@home.test", [f"news@{HOST}"], looped) == 0
-        home.wait_for(2, 30)
+        home.wait_for(2, 60)
         texts = {m.rcpts[0]: _text(m.data) for m in home.messages}
         assert "only subscribers may post" in texts["stranger@home.test"]
         assert "already has my Delivered-To line" in texts["u2@home.test"]
@@ -125,8 +125,8 @@ def test_post_reaches_each_subscriber_once_and_a_5xx_comes_back_as_a_bounce(inst
         for _ in range(2):
             subprocess.run([str(BIN / "ezlist"), "--root", str(inst.root), "moderate-expire",
                             "news"], check=True, capture_output=True, timeout=60)
-            inst.wait_empty(30)
-        inst.wait_until(lambda: "bad@one.test" not in _subscribers(cfg), 30, "the removal")
+            inst.wait_empty(60)
+        inst.wait_until(lambda: "bad@one.test" not in _subscribers(cfg), 60, "the removal")
         assert len(_subscribers(cfg)) == 40
         with SubscriberDB(cfg.path / "subscribers.db") as db:
             [removal] = open_book(cfg, db).removed()
@@ -152,8 +152,8 @@ def test_ezlist_send_shows_progress_until_done_then_status(inst, tmp_path):
                              text=True, check=True, timeout=120).stdout
         assert "post 1 queued as msg" in out and "for 31 subscribers" in out
         assert "delivered 30" in out and "failed 1" in out, out
-        three.wait_for(30, 30)
-        inst.wait_empty(30)
+        three.wait_for(30, 60)
+        inst.wait_empty(60)
         shown = subprocess.run(ezlist + ["status", "letter", "1"], capture_output=True,
                                text=True, check=True, timeout=60).stdout
         assert "finished" in shown and "delivered 30" in shown and "failed 1" in shown, shown
