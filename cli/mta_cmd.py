@@ -36,12 +36,22 @@ def _control(root: Path):
 
 @main.command()
 @click.option("--me", default=None, help="this host's fully qualified name (control/me)")
+@click.option("--no-privsep", is_flag=True,
+              help="as root: do not create per-role users (also: MTA_PRIVSEP=no)")
 @click.pass_obj
-def init(root: Path, me: str | None) -> None:
-    """Create an instance (control/, queue/, alias/, lists/, log/); idempotent."""
+def init(root: Path, me: str | None, no_privsep: bool) -> None:
+    """Create an instance (control/, queue/, alias/, lists/, log/); idempotent.
+
+    As root it also creates one user a role (control/users) and sets ownership.
+    """
+    from mta.privsep import PrivsepError, privsep_wanted, setup_users
+
     try:
         created = init_instance(root, me)
-    except InstanceError as e:
+        if privsep_wanted() and not no_privsep:
+            users = setup_users(root)
+            created.append("users " + ",".join(f"{r}={u}" for r, u in users.items()))
+    except (InstanceError, PrivsepError) as e:
         raise click.ClickException(str(e)) from e
     if created:
         click.echo(f"{root}: created {' '.join(created)}")

@@ -23,8 +23,10 @@ __all__ = ["QUEUE_COMMANDS"]
 
 
 def _conn(root: Path):
+    from mta.privsep import become_queue_owner
     from mta.queue import open_queue
 
+    become_queue_owner(root)  # root must not leave root-owned files in the queue
     if not (root / "queue" / "queue.db").exists():
         raise click.ClickException(f"{root}: no queue here (run 'mta --root {root} init')")
     return open_queue(root, create=False)
@@ -101,6 +103,9 @@ def inject_message(root: Path, raw: bytes, sender, fullname, take, recipients) -
     except InjectError as e:
         click.echo(f"mta inject: {e}", err=True)
         return 100
+    from mta.privsep import become_queue_owner
+
+    become_queue_owner(root)
     try:
         msg_id = enqueue(root, sender, p.recipients, p.message,
                          received=qmail_received(os.getpid(), os.getuid(), time.time()))
@@ -115,8 +120,10 @@ def inject_message(root: Path, raw: bytes, sender, fullname, take, recipients) -
 @click.pass_obj
 def clean_cmd(root: Path) -> None:
     """Remove half-written leftovers from the queue (qmail-clean)."""
+    from mta.privsep import become_queue_owner
     from mta.queue import clean_queue
 
+    become_queue_owner(root)
     click.echo(f"removed {clean_queue(root)} leftover file(s)")
 
 
@@ -135,7 +142,9 @@ def send_cmd(root: Path, workers, verbose) -> None:
         load_control(root)
     except ControlError as e:
         raise click.ClickException(f"refusing to start: {e}") from e
-    uvloop.run(Scheduler(root, workers=workers, echo=verbose).run())
+    scheduler = Scheduler(root, workers=workers, echo=verbose)
+    uvloop.run(scheduler.run())
+    sys.exit(getattr(scheduler, "exit_code", 0))
 
 
 @click.command("flush")

@@ -64,6 +64,10 @@ def _run() -> int:
     from mta.queue.store import open_queue
 
     root = os.environ.get("MTA_ROOT") or "var"
+    if os.geteuid() == 0:  # root first becomes the queue owner (DESIGN.md)
+        from mta.privsep import become_queue_owner
+
+        become_queue_owner(root)
     if os.environ.get("MTA_QQ") == "socket" or not _may_write(root):
         return _run_socket(root)
     try:

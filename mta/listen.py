@@ -35,6 +35,7 @@ from pathlib import Path
 from mta.access import AccessError, load_access
 from mta.control import ControlError, load_control
 from mta.local import has_delivery
+from mta.privsep import drop_to
 from mta.qq_client import QqClient, QqError, socket_path
 from mta.queue import QueueError, enqueue
 from mta.smtp.policy import SmtpPolicy
@@ -97,7 +98,7 @@ async def run_smtp(root: Path, host: str, port: int, direct: bool = False) -> No
     log.info("smtp listening on %s:%d", host, port)
     timeout = min(float(policy.timeoutsmtpd), DRAIN_MAX)
     await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root),
-                            drain=lambda: drain_sessions(listeners[0], timeout))
+                            drain=lambda: drain_sessions(listeners[0], timeout), root=root)
 
 
 def _reload_smtp(listener, root: Path) -> None:
@@ -126,7 +127,7 @@ async def run_qmtp(root: Path, host: str, port: int, direct: bool = False) -> No
     server = await open_qmtp_server(host, port, submit=_qm_submit(root, direct), rcpt_allowed=rcpt_allowed,
                                     max_message=ctl.databytes, local_host=ctl.me,
                                     timeout=ctl.timeoutsmtpd)
-    await _serve_until_term(server, lambda: None)
+    await _serve_until_term(server, lambda: None, root=root)
 
 
 async def run_qmqp(root: Path, host: str, port: int, direct: bool = False) -> None:
@@ -143,7 +144,7 @@ async def run_qmqp(root: Path, host: str, port: int, direct: bool = False) -> No
 
     server = await open_qmqp_server(host, port, submit=_qm_submit(root, direct), access=access,
                                     local_host=ctl.me, timeout=ctl.timeoutsmtpd)
-    await _serve_until_term(server, lambda: None)
+    await _serve_until_term(server, lambda: None, root=root)
 
 
 def _qm_submit(root: Path, direct: bool):
@@ -160,7 +161,9 @@ def _qm_submit(root: Path, direct: bool):
     return submit
 
 
-async def _serve_until_term(server, reload, drain=None) -> None:
+async def _serve_until_term(server, reload, drain=None, root: Path | None = None) -> None:
+    if root is not None:
+        drop_to(root, "smtpd")  # bound to the port as root; serve as the listener user
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

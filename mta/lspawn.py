@@ -25,7 +25,9 @@ from pathlib import Path
 from mta.control import load_control
 from mta.interfaces import Delivered, PermFail
 from mta.local import LocalJob, deliver_local
-from mta.queue import enqueue, message_path
+from mta.privsep import drop_to
+from mta.qq_client import QqError, socket_path, submit_sync
+from mta.queue import QueueError, enqueue, message_path
 from mta.send.spawn import SchedulerGone, encode_results, read_jobs
 
 
@@ -35,9 +37,18 @@ class LocalWorker:
         self.ctl = load_control(root)
         self.pool = ThreadPoolExecutor(max(1, self.ctl.concurrencylocal))
         self.out = sys.stdout.buffer
+        self.direct = os.access(self.root / "queue" / "queue.db", os.W_OK)
 
     def _inject(self, sender: str, recipients, message: bytes) -> None:
-        enqueue(self.root, sender, recipients, message)
+        if self.direct:
+            enqueue(self.root, sender, recipients, message)
+            return
+        try:  # not the queue's owner: hand it to the queue owner, as qmail-local runs qmail-queue
+            submit_sync(socket_path(self.root), sender, list(recipients), message)
+        except QqError as e:
+            err = QueueError(str(e))
+            err.exit_code = e.exit_code  # keeps qmail's permanent/temporary split
+            raise err from e
 
     def _deliver(self, msg: int, sender: str, rid: int, addr: str, local: str) -> list:
         domain = addr.rpartition("@")[2] or self.ctl.envnoathost
@@ -84,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="mta.lspawn")
     ap.add_argument("--root", required=True, type=Path)
     args = ap.parse_args(argv)
+    drop_to(args.root, "local")
     asyncio.run(LocalWorker(args.root).run())
 
 

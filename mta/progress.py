@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     rules = load_access(args.root, "qmqpaccess", LOOPBACK_ONLY)
+    from mta.privsep import drop_to
+
+    drop_to(args.root, "queue")  # reading a WAL database needs write access to its -shm
 
     def access(ip: str) -> bool:
         return rules.lookup(ip) in (Action.ALLOW, Action.RELAY)

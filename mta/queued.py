@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s queued[{os.getpid()}] %(message)s")
     import uvloop
 
+    from mta.privsep import drop_to
+
+    drop_to(args.root, "queue")
     try:
         uvloop.run(_run(args.root, args.max_bytes))
     except (QueueError, OSError) as exc:

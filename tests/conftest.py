@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
+
+# Tests create instances as root in CI and then write into them as root; per-role
+# users would make those files unusable by the components. tests/e2e/test_privsep.py
+# turns separation back on for its own instances.
+os.environ.setdefault("MTA_PRIVSEP", "no")
 
 from dnsserver import DnsServer
 

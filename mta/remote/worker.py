@@ -37,6 +37,7 @@ from mta.control import load_control
 from mta.interfaces import Delivered, PermFail, TempFail
 from mta.net.qm_client import qmtp_send
 from mta.net.smtp_client import ConnectionFailed, open_smtp_connection
+from mta.privsep import drop_to
 from mta.queue import message_path
 from mta.remote.body import prepare_body
 from mta.remote.hosts import HostState, Txn
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import uvloop
 
+    drop_to(args.root, "remote")
     uvloop.run(RemoteWorker(args.root, args.connections).run())
 
 

@@ -52,6 +52,7 @@ from pathlib import Path
 from mta.control import load_control
 from mta.crashpoint import crash_point
 from mta.interfaces import PermFail, TempFail
+from mta.privsep import drop_to, privsep_active
 from mta.queue import clean_queue, open_queue
 from mta.send import store
 from mta.send.bouncer import Bouncer
@@ -92,6 +93,7 @@ class Scheduler(Supervision):
         self.pass_wanted = True
         self.skipped = False
         self.stopping = False
+        self.privsep = False
         self.wake = asyncio.Event()
         self.msgs: dict[int, store.MessageInfo] = {}
         self.msg_inflight: Counter = Counter()
@@ -101,6 +103,11 @@ class Scheduler(Supervision):
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
         self.ctl = load_control(self.root)
+        if privsep_active(self.root):
+            # as root: start the workers (each becomes its role's user), then become
+            # the queue user before touching the queue (qmail-start's order)
+            await self._start_workers()
+            self.privsep = drop_to(self.root, "queue")
         clean_queue(self.root)
         self.conn = open_queue(self.root)
         self.log = SendLog(self.root / "log" / "send", echo=self.echo, clock=self.clock)
@@ -110,7 +117,8 @@ class Scheduler(Supervision):
         self.bouncer = Bouncer(self.root, self.ctl, self.conn, self.log)
         self.left = store.remaining(self.conn)
         (self.root / "queue" / "lock" / "sendpid").write_text(f"{os.getpid()}\n")
-        await self._start_workers()
+        if not self.privsep:
+            await self._start_workers()
         self._install_signals()
         trigger_fd = self._open_trigger()
         flusher = asyncio.create_task(self._flush_loop())
