@@ -8,6 +8,9 @@
 3. ``bench_smtp_client.py``: VERP transactions/s of our SMTP client into smtp-sinks.
 4. ``fanout_vs_postfix.py``: the end-to-end VERP fan-out, ours and Postfix (Postfix
    only as root; otherwise ``--ours-only``), with a validation pass.
+5. the other helpers' scripts, when present: ``ezlist_bench.py`` (list post,
+   subscribes, bounces) and ``smtp_ingress_vs_postfix.py`` (SMTP ingress); their
+   last output lines are quoted in the summary.
 
 Small defaults keep the whole thing to a few minutes; ``--full`` uses the sizes
 behind benchmarks/RESULTS.md (1M-recipient injection, 100k fan-out x 3: about
@@ -105,6 +108,24 @@ def fanout(tmp: Path, full: bool) -> list[str]:
     return lines
 
 
+def others(tmp: Path, full: bool) -> list[str]:
+    """Scripts other helpers own: run with small sizes, quote their last lines."""
+    root = os.geteuid() == 0
+    steps = [("ezlist_bench.py", [] if full else ["--subscribers", "100000", "--subscribes",
+                                                  "200", "--bounces", "1000"], ["--dir", str(tmp)]),
+             ("smtp_ingress_vs_postfix.py", [] if full else ["--messages", "1000", "--runs", "1"],
+              [] if root else ["--skip-postfix"])]
+    lines = []
+    for script, args, extra in steps:
+        if not (HERE / script).exists():
+            continue
+        ok, out, _ = step(script, [PY, str(HERE / script), *args, *extra], 1800 if full else 600)
+        tail = [x.strip() for x in out.strip().splitlines()[-3:] if x.strip()]
+        lines.append(f"{script} ({' '.join(args) or 'defaults'}): "
+                     + (" | ".join(tail) if ok else "FAILED"))
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--full", action="store_true", help="the sizes behind RESULTS.md")
@@ -114,7 +135,7 @@ def main() -> int:
         tmp = Path(d)
         os.chmod(tmp, 0o755)
         summary = (bench_inject(tmp, args.full) + inject_fanout(tmp, args.full)
-                   + smtp_client(args.full) + fanout(tmp, args.full))
+                   + smtp_client(args.full) + fanout(tmp, args.full) + others(tmp, args.full))
     print("\n=== summary (" + ("full" if args.full else "small defaults") + f", {time.ctime()},"
           f" {os.cpu_count()} CPUs)")
     for line in summary:
