@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -162,8 +163,13 @@ def use_snapshot(rev: str, workdir: Path) -> str:
     return f"git {commit[:12]}"
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(f"fanout_vs_postfix: stopped by signal {signum}")  # runs the cleanups
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     engines = ["ours"] if args.ours_only else ["ours", "postfix"]
     if not args.ours_only and os.geteuid() != 0:
         print("fanout_vs_postfix: Postfix must be configured, started and stopped as root; "

@@ -38,12 +38,19 @@ PY = sys.executable
 def step(name: str, cmd: list[str], timeout: float) -> tuple[bool, str, float]:
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
     t0 = time.monotonic()
+    p = subprocess.Popen(cmd, cwd=HERE.parent, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
     try:
-        p = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True, timeout=timeout)
-        out, ok = p.stdout + p.stderr, p.returncode == 0
-    except subprocess.TimeoutExpired as e:
-        out = f"{e.stdout or ''}{e.stderr or ''}\nTIMED OUT after {timeout:.0f} s"
-        out, ok = out if isinstance(out, str) else str(out), False
+        out, _ = p.communicate(timeout=timeout)
+        ok = p.returncode == 0
+    except subprocess.TimeoutExpired:
+        p.terminate()  # SIGTERM first: the scripts stop Postfix and their sinks on the way out
+        try:
+            out, _ = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        out, ok = f"{out}\nTIMED OUT after {timeout:.0f} s", False
     print(out.rstrip()[-4000:], flush=True)
     return ok, out, time.monotonic() - t0
 
