@@ -101,6 +101,7 @@ def housekeep(cfg: ListConfig, root: Path, now: int) -> None:
     try:
         moderate.expire(cfg, root, now)
         returns.send_due_notices(cfg, root, now)
+        fanout.resume_handovers(cfg)
     except (sqlite3.Error, OSError, QueueError) as exc:
         print(f"ezlist: housekeeping for {cfg.address} deferred: {exc}", file=sys.stderr)
 

@@ -44,12 +44,13 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Iterable
 
-from ezlist import addresses, archive
+from ezlist import addresses, archive, scaleout
 from ezlist._fsutil import write_atomic
 from ezlist.headers import parse_fields, split_message, values_of
 from ezlist.listdir import ListConfig
 from ezlist.post import prepare_post
 from ezlist.subscribers import SubscriberDB
+from mta.qq_client import inject, may_write_queue
 from mta.queue import enqueue, open_queue
 
 SENDS = "sends"
@@ -82,24 +83,74 @@ def post_message(cfg: ListConfig, raw: bytes, root: Path, now: int | None = None
     if cfg.options.archived:
         archive.archive_post(cfg.path, number, message)
     sender = addresses.post_sender(cfg.name, cfg.host, number)
+    servers = scaleout.read_servers(cfg.path)
+    handover = None
     with SubscriberDB(cfg.path / "subscribers.db") as db:
-        conn = open_queue(root)
-        try:
-            msg_id = count = 0
-            if db.conn.execute("SELECT 1 FROM subscribers LIMIT 1").fetchone():  # not count(*)
-                # C-level iteration over fetchmany batches: no Python frame per row
-                stream = map(itemgetter(0), chain.from_iterable(db.iter_batches(STREAM_BATCH)))
-                msg_id = enqueue(root, sender, stream, message, conn=conn)
-                row = conn.execute("SELECT nrcpt FROM messages WHERE id = ?",
-                                   (msg_id,)).fetchone()
-                count = row[0] if row else db.count()  # None: already delivered and removed
-        finally:
-            conn.close()
+        msg_id = count = 0
+        if db.conn.execute("SELECT 1 FROM subscribers LIMIT 1").fetchone():  # not count(*)
+            # C-level iteration over fetchmany batches: no Python frame per row
+            stream = map(itemgetter(0), chain.from_iterable(db.iter_batches(STREAM_BATCH)))
+            if servers:
+                handover = _hand_over(cfg, number, servers, sender, stream, message)
+                count = db.count()
+            elif may_write_queue(root):
+                conn = open_queue(root)
+                try:
+                    msg_id = enqueue(root, sender, stream, message, conn=conn)
+                    row = conn.execute("SELECT nrcpt FROM messages WHERE id = ?",
+                                       (msg_id,)).fetchone()
+                    count = row[0] if row else db.count()  # None: delivered and removed
+                finally:
+                    conn.close()
+            else:  # privilege separation: through the queue owner's socket
+                msg_id = inject(root, sender, list(stream), message)
+                count = db.count()
     record = {"number": number, "msg_id": msg_id, "queued": stamp,
               "recipients": count, "subject": _subject(message), "bytes": len(message)}
+    if handover is not None:
+        record["handover"] = handover
     (cfg.path / SENDS).mkdir(exist_ok=True)
     write_atomic(cfg.path / SENDS / str(number), json.dumps(record).encode() + b"\n")
     return PostResult(number, msg_id, count)
+
+
+def _hand_over(cfg: ListConfig, number: int, servers, sender: str, stream,
+               message: bytes) -> str:
+    """Scale-out (lists/NAME/qmqpservers): parts to the delivery machines by QMQP.
+
+    The prepared post is kept in ``sends/NUM.eml`` so parts no machine took now
+    can be handed over later (``resume_handovers``); returns "done", "pending", or
+    "refused: WHY" when a machine refused a part permanently (shown by ezlist status).
+    """
+    (cfg.path / SENDS).mkdir(exist_ok=True)
+    write_atomic(cfg.path / SENDS / f"{number}.eml", message)
+    try:
+        scaleout.distribute(cfg.path, number, servers, sender, stream, message)
+    except scaleout.ScaleoutError as e:
+        return f"refused: {e}" if e.permanent else "pending"
+    return "done"
+
+
+def resume_handovers(cfg: ListConfig) -> int:
+    """Hand over the parts of earlier posts that no delivery machine took; count done."""
+    servers = scaleout.read_servers(cfg.path)
+    done = 0
+    for number in send_numbers(cfg.path):
+        record = read_send_record(cfg.path, number)
+        if not servers or not record or record.get("handover") != "pending":
+            continue
+        message = (cfg.path / SENDS / f"{number}.eml").read_bytes()
+        sender = addresses.post_sender(cfg.name, cfg.host, number)
+        with SubscriberDB(cfg.path / "subscribers.db") as db:
+            stream = map(itemgetter(0), chain.from_iterable(db.iter_batches(STREAM_BATCH)))
+            try:
+                scaleout.distribute(cfg.path, number, servers, sender, stream, message)
+            except scaleout.ScaleoutError:
+                continue
+        record["handover"] = "done"
+        write_send_record(cfg.path, record)
+        done += 1
+    return done
 
 
 def read_send_record(list_dir: Path, number: int) -> dict | None:
@@ -162,7 +213,7 @@ def send_reply(cfg: ListConfig, root: Path, to: str, subject: str, text: str, *,
     if reply_to:
         lines.insert(6, f"Reply-To: {_clean(reply_to)}")
     message = ("\n".join(lines) + "\n\n").encode("utf-8") + payload
-    return enqueue(root, sender, recipients, message)
+    return inject(root, sender, recipients, message)
 
 
 def header_value(raw: bytes, name: bytes) -> str:
@@ -172,5 +223,5 @@ def header_value(raw: bytes, name: bytes) -> str:
     return values[0].decode("utf-8", "replace") if values else ""
 
 
-__all__ = ["PostResult", "post_message", "send_reply", "read_send_record",
+__all__ = ["PostResult", "post_message", "send_reply", "resume_handovers", "read_send_record",
            "write_send_record", "send_numbers", "responder_line", "header_value"]

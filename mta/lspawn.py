@@ -26,8 +26,8 @@ from mta.control import load_control
 from mta.interfaces import Delivered, PermFail
 from mta.local import LocalJob, deliver_local
 from mta.privsep import drop_to
-from mta.qq_client import QqError, socket_path, submit_sync
-from mta.queue import QueueError, enqueue, message_path
+from mta.qq_client import inject
+from mta.queue import message_path
 from mta.send.spawn import SchedulerGone, encode_results, read_jobs
 
 
@@ -37,18 +37,9 @@ class LocalWorker:
         self.ctl = load_control(root)
         self.pool = ThreadPoolExecutor(max(1, self.ctl.concurrencylocal))
         self.out = sys.stdout.buffer
-        self.direct = os.access(self.root / "queue" / "queue.db", os.W_OK)
 
     def _inject(self, sender: str, recipients, message: bytes) -> None:
-        if self.direct:
-            enqueue(self.root, sender, recipients, message)
-            return
-        try:  # not the queue's owner: hand it to the queue owner, as qmail-local runs qmail-queue
-            submit_sync(socket_path(self.root), sender, list(recipients), message)
-        except QqError as e:
-            err = QueueError(str(e))
-            err.exit_code = e.exit_code  # keeps qmail's permanent/temporary split
-            raise err from e
+        inject(self.root, sender, list(recipients), message)
 
     def _deliver(self, msg: int, sender: str, rid: int, addr: str, local: str) -> list:
         domain = addr.rpartition("@")[2] or self.ctl.envnoathost

@@ -20,6 +20,11 @@ Public:
     submit_sync(path, sender, recipients, message, timeout=...) -> int
     QqClient(path, *, connect_wait=5.0, timeout=600.0): ``await submit(...)`` -> id;
         one pipelined connection, re-opened on demand; ``close()``
+    may_write_queue(root) -> bool               can this process write the queue itself?
+    inject(root, sender, recipients, message) -> int
+        the way in for our own components (local delivery's forwards, the list
+        manager): ``mta.queue.enqueue`` when this process may write the queue, else
+        the queue owner's socket (privilege separation). Raises QueueError either way.
 
 Failures: every failure is a QqError. Connecting fails temporarily (exit 71, the
 code qmail-qmqpc uses for "cannot reach the server"); the daemon's own refusal
@@ -39,7 +44,7 @@ from collections.abc import Iterable
 from mta.netstring import NetstringDecoder, NetstringError, encode_netstring
 
 __all__ = ["socket_path", "encode_request", "parse_reply", "QqError", "submit_sync",
-           "QqClient", "REPLY_LIMIT"]
+           "QqClient", "REPLY_LIMIT", "may_write_queue", "inject"]
 
 REPLY_LIMIT = 4096
 UNREACHABLE = 71
@@ -197,3 +202,23 @@ class QqClient:
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._proto = None
+
+
+def may_write_queue(root: str | os.PathLike) -> bool:
+    q = Path(root) / "queue"
+    return os.access(q / "tmp", os.W_OK) and os.access(q / "queue.db", os.W_OK)
+
+
+def inject(root: str | os.PathLike, sender: str, recipients: Iterable[str],
+           message: bytes) -> int:
+    """Queue a message directly when allowed, else through the queue owner's socket."""
+    from mta.queue import QueueError, enqueue
+
+    if may_write_queue(root):
+        return enqueue(root, sender, recipients, message)
+    try:
+        return submit_sync(socket_path(root), sender, recipients, message)
+    except QqError as e:
+        err = QueueError(e.text)
+        err.exit_code = e.exit_code  # keeps qmail's permanent/temporary split
+        raise err from e
