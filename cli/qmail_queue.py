@@ -68,6 +68,8 @@ def _run() -> int:
         from mta.privsep import become_queue_owner
 
         become_queue_owner(root)
+    if os.path.exists(os.path.join(root, "control", "qmqpservers")):
+        return _run_qmqpc(root)  # a null client (mini-qmail): hand everything over
     if os.environ.get("MTA_QQ") == "socket" or not _may_write(root):
         return _run_socket(root)
     try:
@@ -97,6 +99,50 @@ def _may_write(root: str) -> bool:
     return (not os.path.exists(q)  # let open_queue report what is missing
             or os.access(os.path.join(q, "tmp"), os.W_OK)
             and os.access(os.path.join(q, "queue.db"), os.W_OK))
+
+
+def _read_all() -> tuple[list[bytes], str, list[str]]:
+    import time
+    from mta.queue.envelope import read_envelope
+    from mta.queue.errors import ReadError
+    from mta.queue.inject import qmail_received
+
+    chunks = [qmail_received(os.getpid(), os.getuid(), time.time())]
+    try:
+        while data := os.read(0, 1 << 16):
+            chunks.append(data)
+    except OSError as exc:
+        raise ReadError(f"cannot read the message: {exc}") from exc
+    sender, recipients = read_envelope(lambda n: os.read(1, n))
+    return chunks, sender, list(recipients)
+
+
+def _run_qmqpc(root: str) -> int:
+    """qmail-qmqpc: send to the first server in control/qmqpservers that answers.
+
+    Exit codes as qmail-qmqpc: 0 accepted; 31 the server refused permanently (D);
+    71 refused temporarily (Z) or no server could be reached; 91/54 bad input.
+    """
+    import asyncio
+    from mta.control import ControlError, load_control
+    from mta.interfaces import Delivered, PermFail
+    from mta.net.qm_client import qmqp_send
+    from mta.queue.errors import QueueError
+
+    try:
+        servers = list(load_control(root).qmqpservers)
+        chunks, sender, recipients = _read_all()
+    except ControlError as exc:
+        _complain(str(exc))
+        return 55
+    except QueueError as exc:
+        _complain(str(exc))
+        return exc.exit_code
+    outcome = asyncio.run(qmqp_send(servers, sender, recipients, b"".join(chunks)))
+    if isinstance(outcome, Delivered):
+        return 0
+    _complain(outcome.reason)
+    return 31 if isinstance(outcome, PermFail) else 71
 
 
 def _run_socket(root: str) -> int:
