@@ -107,9 +107,11 @@ def _hostport(ctx, param, value):
               help="SMTP listen address ('' to run none)")
 @click.option("--qmtp", default=None, callback=_hostport, help="QMTP listen address")
 @click.option("--qmqp", default=None, callback=_hostport, help="QMQP listen address")
+@click.option("--progress", default=None, callback=_hostport,
+              help="read-only progress endpoint for list hosts (see README)")
 @click.option("--workers", type=int, default=None, help="remote worker processes")
 @click.pass_obj
-def start(root: Path, smtp, qmtp, qmqp, workers) -> None:
+def start(root: Path, smtp, qmtp, qmqp, progress, workers) -> None:
     """Start the listeners, the scheduler and the delivery workers; supervise them."""
     import uvloop
 
@@ -122,7 +124,7 @@ def start(root: Path, smtp, qmtp, qmqp, workers) -> None:
     except AccessError as e:
         raise click.ClickException(f"refusing to start: {e}") from e
     click.echo(f"mta: instance {root}; smtp {smtp}; qmtp {qmtp}; qmqp {qmqp}", err=True)
-    sys.exit(uvloop.run(Supervisor(root, smtp, qmtp, qmqp, workers).run()))
+    sys.exit(uvloop.run(Supervisor(root, smtp, qmtp, qmqp, workers, progress).run()))
 
 
 for _command in QUEUE_COMMANDS:

@@ -61,6 +61,7 @@ class SendStatus:
     progress: Progress
     # ((domain, reason), count), most frequent first
     failures: tuple[tuple[tuple[str, str], int], ...] = field(default=())
+    parts: tuple[str, ...] = ()  # scale-out: one line per delivery machine's part
 
 
 def progress(root: Path, msg_id: int) -> Progress | None:
@@ -146,6 +147,8 @@ def send_status(cfg: ListConfig, root: Path, number: int | None = None) -> SendS
     record = fanout.read_send_record(cfg.path, number)
     if record is None:
         return None
+    if "handover" in record:
+        return _remote_status(cfg, record)
     prog = progress(root, record["msg_id"])
     if prog is None:
         return _finished(cfg, root, record)
@@ -154,12 +157,39 @@ def send_status(cfg: ListConfig, root: Path, number: int | None = None) -> SendS
                       record.get("queued", 0), True, prog, failures)
 
 
+def _remote_status(cfg: ListConfig, record: dict) -> SendStatus:
+    """A scaled-out post: the sum of what the delivery machines report (mta.progress)."""
+    from ezlist import scaleout
+
+    got = scaleout.progress(cfg.path, record["number"])
+    pending = got["pending"] + got["not_handed_over"]
+    prog = Progress(record.get("recipients", 0), pending, got["deferred"], got["delivered"],
+                    got["failed"])
+    failures: Counter = Counter()
+    for part in got["parts"]:
+        for domain, reason, n in part.get("failures", ()):
+            failures[(domain, _reason(reason))] += n
+    running = any(p.get("state") != "finished" for p in got["parts"] if p.get("state") != "empty")
+    return SendStatus(record["number"], 0, record.get("subject", ""), record.get("queued", 0),
+                      running, prog, tuple(failures.most_common()),
+                      tuple(_part_line(p) for p in got["parts"]))
+
+
+def _part_line(p: dict) -> str:
+    server = p.get("server") or {}
+    where = f"{server.get('host', '-')}:{server.get('port', '-')}"
+    counts = ", ".join(f"{k} {p[k]}" for k in ("delivered", "deferred", "failed", "pending")
+                       if k in p)
+    return f"part {p['bucket']} at {where}: {p.get('state')}" + (f" ({counts})" if counts else "")
+
+
 def format_status(status: SendStatus) -> str:
     p = status.progress
     state = "running" if status.in_queue else "finished"
     lines = [f"post {status.number} (queue msg {status.msg_id}) {state}: {status.subject}",
              f"  recipients {p.total}: delivered {p.delivered}, deferred {p.deferred}, "
              f"failed {p.failed}, pending {p.pending}"]
+    lines += [f"  {line}" for line in status.parts]
     if status.failures:
         lines.append("  failures by domain and reason:")
         lines += [f"    {n:>7}  {domain}  {reason}" for (domain, reason), n in status.failures]

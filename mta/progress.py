@@ -10,7 +10,7 @@ the client sends one netstring holding queue ids separated by spaces; the server
 answers one netstring holding a JSON object, one entry per id::
 
     {"12": {"state": "queued", "pending": 10, "deferred": 2, "delivered": 900,
-            "failed": 1, "nrcpt": 913},
+            "failed": 1, "nrcpt": 913, "failures": [["example.org", "550 ...", 1]]},
      "13": {"state": "finished", "delivered": 5000, "failed": 3, "nrcpt": 5003},
      "14": {"state": "unknown"}}
 
@@ -46,16 +46,26 @@ def progress_of(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[str, dict]
     for i in ids:
         row = conn.execute("SELECT nrcpt FROM messages WHERE id = ?", (i,)).fetchone()
         if row:
-            out[str(i)] = {"state": "queued", "nrcpt": row[0], **message_counts(conn, i)}
+            out[str(i)] = {"state": "queued", "nrcpt": row[0], **message_counts(conn, i),
+                           "failures": _failures(conn, "recipients", "msg = ? AND state >= 3", i)}
             continue
         row = conn.execute("SELECT nrcpt, delivered, failed FROM finished WHERE id = ?",
                            (i,)).fetchone()
         if row:
             out[str(i)] = {"state": "finished", "nrcpt": row[0], "delivered": row[1],
-                           "failed": row[2], "pending": 0, "deferred": 0}
+                           "failed": row[2], "pending": 0, "deferred": 0,
+                           "failures": _failures(conn, "failures", "msg = ?", i)}
         else:
             out[str(i)] = {"state": "unknown"}
     return out
+
+
+def _failures(conn: sqlite3.Connection, table: str, where: str, msg_id: int) -> list:
+    """[domain, reason, count] for the most common failures (top 20)."""
+    rows = conn.execute(f"SELECT domain, coalesce(text, ''), count(*) AS n FROM {table}"
+                        f" WHERE {where} GROUP BY domain, text ORDER BY n DESC LIMIT 20",
+                        (msg_id,))
+    return [[d, t.strip()[:120], n] for d, t, n in rows]
 
 
 class _Session(asyncio.Protocol):

@@ -9,7 +9,8 @@ Components, each a separate process:
   a listener is still handing in gets its commit and its 250;
 - the scheduler with its delivery workers (``mta send``);
 - one listener process a protocol: SMTP always (``--smtp``, default
-  127.0.0.1:2525), QMTP and QMQP when asked (``--qmtp``, ``--qmqp``).
+  127.0.0.1:2525), QMTP and QMQP when asked (``--qmtp``, ``--qmqp``);
+- the read-only progress endpoint when asked (``--progress``, see mta.progress).
 
 A component that exits is restarted after a short pause (doubling up to 30 s while
 it keeps dying within seconds of its start, as supervise's back-off). Signals:
@@ -53,7 +54,7 @@ class Component:
 
 class Supervisor:
     def __init__(self, root: Path, smtp: tuple[str, int] | None, qmtp=None, qmqp=None,
-                 workers: int | None = None):
+                 workers: int | None = None, progress=None):
         py = sys.executable
         r = str(root)
         self.root = root
@@ -67,6 +68,9 @@ class Supervisor:
                 self.components.append(Component(
                     f"{proto} listener", [py, "-m", "mta.listen", "--root", r,
                                           f"--{proto}", f"{addr[0]}:{addr[1]}"]))
+        if progress:
+            self.components.append(Component("progress endpoint", [
+                py, "-m", "mta.progress", "--root", r, "--listen", f"{progress[0]}:{progress[1]}"]))
         self.stopping = False
 
     def _say(self, text: str) -> None:

@@ -46,7 +46,7 @@ def test_queued_finished_and_unknown(root):
     remove_message(root, conn, b)
     got = run(_ask(root, [a, b, 999]))
     assert got[str(a)] == {"state": "queued", "nrcpt": 2, "pending": 1, "deferred": 1,
-                           "delivered": 0, "failed": 0}
+                           "delivered": 0, "failed": 0, "failures": []}
     assert got[str(b)]["state"] == "finished" and got[str(b)]["delivered"] == 1
     assert got["999"] == {"state": "unknown"}
 
