@@ -35,6 +35,7 @@ class Received:
     sender: str
     rcpts: list
     data: bytes
+    at: float = 0.0  # time.monotonic() when the final dot arrived
 
 
 class SessionGroup:
@@ -234,7 +235,7 @@ class Sink:
                     return
                 data = await reader.readuntil(b"\r\n.\r\n")
                 with self._lock:
-                    self.messages.append(Received(sender, rcpts, data[:-3]))
+                    self.messages.append(Received(sender, rcpts, data[:-3], time.monotonic()))
                 if self.delay and not await self._wait_reply_delay(reader):
                     return
                 self._release(held)

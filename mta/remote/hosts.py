@@ -12,7 +12,9 @@ decrease):
   ceiling climbs by one, up to the configured maximum.
 
 So a host that turns away sessions beyond its third costs one refused connection
-per ``GROW_AFTER`` deliveries at most. A host that fails when nothing to it works
+per ``GROW_AFTER`` deliveries at most. An optional message rate (``control/hostrate``,
+``host:N``) spaces the transactions to a host ``1/N`` seconds apart, across all of
+its connections. A host that fails when nothing to it works
 (no established connection) is "down": qmail's timeout table marks it for
 ``DOWN_SECONDS`` (doubling on each consecutive failure, capped), during which its
 work is handed to the next MX or deferred without a connection attempt.
@@ -52,6 +54,8 @@ class HostState:
     successes: int = 0
     down_until: float = 0.0
     down_for: float = 0.0
+    rate: float = 0.0        # messages a second to this host; 0 = no cap (control/hostrate)
+    next_slot: float = 0.0   # earliest time the next transaction may start
     queue: deque = field(default_factory=deque)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,14 @@ class HostState:
         self.down_for = min(DOWN_MAX, self.down_for * 2 if self.down_for else DOWN_SECONDS)
         self.down_until = now + self.down_for
         return True
+
+    def delay_for_rate(self, now: float) -> float:
+        """Seconds to wait before starting a transaction, and book its slot (spacing 1/rate)."""
+        if self.rate <= 0:
+            return 0.0
+        start = max(now, self.next_slot)
+        self.next_slot = start + 1.0 / self.rate
+        return start - now
 
     def transaction_done(self) -> None:
         self.down_for = 0.0

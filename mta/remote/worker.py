@@ -107,7 +107,8 @@ class RemoteWorker:
         h = self.hosts.get(key)
         if h is None:
             limit = self.ctl.hostconcurrency.get(key[0], self.ctl.concurrencyperhost) or 1
-            h = self.hosts[key] = HostState(key, max_limit=limit)
+            h = self.hosts[key] = HostState(key, max_limit=limit,
+                                            rate=float(self.ctl.hostrate.get(key[0], 0)))
         return h
 
     def _queue(self, key: tuple, txn: Txn) -> None:
@@ -176,6 +177,11 @@ class RemoteWorker:
         h.established += 1
         try:
             while h.queue and conn.transactions_done < MAX_TXNS_PER_CONN:
+                wait = h.delay_for_rate(self.clock())
+                if wait > 0:
+                    await asyncio.sleep(wait)  # control/hostrate: pace this host
+                    if not h.queue:
+                        break
                 txn = h.queue.popleft()
                 body = self._body(txn.msg)
                 if body is None:

@@ -128,3 +128,16 @@ def test_new_message_starts_promptly(inst):
         s.wait_for(2, 10)
         # the trigger wakes the scheduler: far below qmail-send's 25-minute rescan
         assert time.monotonic() - t0 < 2.0
+
+
+def test_hostrate_spaces_transactions_to_a_host(inst):
+    with Sink("127.0.1.11") as s:
+        route(inst, [("", "127.0.1.11", s.port)])
+        inst.control("hostrate", "127.0.1.11:20\n")
+        inst.control("concurrencyperhost", "5\n")
+        inst.start()
+        assert inst.inject("l-@mx.test-@[]", [f"u{i}@r.test" for i in range(21)]) == 0
+        s.wait_for(21, 60)
+        times = sorted(m.at for m in s.messages)
+        # 20 intervals at no more than 20 messages a second, over 5 connections
+        assert times[-1] - times[0] >= 20 / 20 * 0.9, times[-1] - times[0]
