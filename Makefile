@@ -20,7 +20,9 @@ install-test: $(BIN)/python
 	@./.ci/debian-deps
 
 run: install
-	@test -d $(ROOT)/control || $(BIN)/mta --root $(ROOT) init
+	@test -d $(ROOT)/control || $(BIN)/mta --root $(ROOT) init || { \
+	  echo "make run: per-role users are not possible here (see above); running every component as $$(id -un)"; \
+	  $(BIN)/mta --root $(ROOT) init --no-privsep; }
 	$(BIN)/mta --root $(ROOT) start
 
 test: install-test
