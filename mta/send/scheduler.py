@@ -58,7 +58,7 @@ from mta.send import store
 from mta.send.bouncer import Bouncer
 from mta.send.journal import InflightJournal
 from mta.send.log import SendLog
-from mta.send.router import Router
+from mta.send.router import DNS_TIMEOUT, Router
 from mta.send.schedule import TOO_LONG, expired, next_retry
 from mta.send.supervise import Flight, Supervision
 from mta.verp import is_verp
@@ -72,12 +72,14 @@ class Scheduler(Supervision):
     def __init__(self, root: Path, *, workers: int | None = None, echo: bool = False,
                  window: int = 20000, batch: int = 5000, per_dest: int = 3000,
                  flush_interval: float = 0.1, clock=time.time, local_ips=(),
-                 resolve_wait: float = 0.05):
+                 resolve_wait: float = 0.05, dns_timeout: float = DNS_TIMEOUT):
         """``local_ips``: our own listeners' addresses (an MX naming only them is #5.4.6);
-        ``resolve_wait``: how long a fetch waits for DNS before dispatching what it has."""
+        ``resolve_wait``: how long a fetch waits for DNS before dispatching what it has;
+        ``dns_timeout``: how long one domain's lookup may take before it is deferred."""
         self.root = Path(root)
         self.local_ips = tuple(local_ips)
         self.resolve_wait = resolve_wait
+        self.dns_timeout = dns_timeout
         self.resolving: set[int] = set()
         self.routing: set[asyncio.Task] = set()
         self.nworkers = workers or os.cpu_count() or 1
@@ -111,7 +113,7 @@ class Scheduler(Supervision):
         clean_queue(self.root)
         self.conn = open_queue(self.root)
         self.log = SendLog(self.root / "log" / "send", echo=self.echo, clock=self.clock)
-        self.router = Router(self.ctl, local_ips=self.local_ips)
+        self.router = Router(self.ctl, timeout=self.dns_timeout, local_ips=self.local_ips)
         self.journal = InflightJournal(self.root / "queue" / "lock" / "inflight")
         self._report_interrupted()
         self.bouncer = Bouncer(self.root, self.ctl, self.conn, self.log)

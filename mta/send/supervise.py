@@ -108,7 +108,7 @@ class Supervision:
         except ControlError as e:
             self.log.line(f"alert: unable to reread controls, keeping the old ones: {e}")
             return
-        self.router = Router(self.ctl, local_ips=self.local_ips)
+        self.router = Router(self.ctl, timeout=self.dns_timeout, local_ips=self.local_ips)
         self.bouncer.ctl = self.ctl
         self._want_pass()
 
