@@ -6,8 +6,9 @@ plus delayed ACK would cost ~40 ms a transaction), waits for the greeting and EH
 (or HELO), optionally upgrades with STARTTLS, and returns an ``SMTPConnection``.
 ``await conn.send_transaction(sender, recipients, prepared_body)`` runs one mail
 transaction (pipelined when the server offers PIPELINING) and returns one Outcome per
-recipient, in order. The prepared body (``mta.remote.body.prepare_body``) is written
-by reference for every transaction, never copied per recipient. After the final dot
+recipient, in order. The prepared body (``mta.remote.body.prepare_body``, or a
+sequence of buffers: ``TokenBody.for_recipients``) is written by reference for every
+transaction, never copied per recipient. After the final dot
 is written it calls ``crash_point("remote_after_dot")``.
 
 Timeouts: ``timeout_connect`` bounds the TCP connect (qmail ``timeoutconnect``);
@@ -91,8 +92,11 @@ class SMTPConnection(asyncio.Protocol):
         return self.failure is None and not self._closed and self._waiter is None
 
     async def send_transaction(self, sender: str, recipients: Sequence[str],
-                               prepared_body: bytes) -> list[Outcome]:
+                               prepared_body: bytes | Sequence[bytes]) -> list[Outcome]:
         """Deliver ``prepared_body`` from ``sender`` to ``recipients``; one Outcome each.
+
+        ``prepared_body`` is ``prepare_body`` output, or a sequence of buffers that
+        concatenate to such output (written in one ``writelines``, never joined).
 
         Raises ``ConnectionFailed`` if the connection had already failed, and
         ``RuntimeError`` if another transaction is still running on it.

@@ -16,13 +16,23 @@ twice in memory: it yields prepared pieces whose concatenation equals
 
 ``has_8bit(prepared)`` says whether ``BODY=8BITMIME`` applies.
 
+``prepare_message(raw)`` is what remote delivery calls: ``prepare_body`` for an
+ordinary message; for one with the private ``X-Mta-Rcpt-Token`` field
+(``mta.rcpt_token``: one-click unsubscribe URLs in a shared list post) it returns a
+``TokenBody``: the field removed, the prepared bytes split at each placeholder of
+the header (``split_token``), once per message. ``TokenBody.for_recipients(rcpts)``
+gives the buffers of one transaction (segments joined by that transaction's fill,
+a few bytes), so the body is still never copied per recipient.
+
 How it fails: it does not; any bytes are accepted.
 """
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Sequence
 
+from mta.rcpt_token import extract, fill_for
 END_OF_DATA = b".\r\n"
 
 
@@ -37,6 +47,61 @@ def prepare_body(raw: bytes) -> bytes:
     if b"\n." in raw:
         raw = raw.replace(b"\n.", b"\n..")
     return raw.replace(b"\n", b"\r\n") + END_OF_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBody:
+    """A prepared body whose header gets a per-recipient fill between ``segments``."""
+
+    key: bytes
+    segments: tuple[bytes, ...]
+
+    def for_recipients(self, recipients: Sequence[str]) -> list[bytes]:
+        """The buffers one transaction to ``recipients`` writes after ``354``."""
+        fill = fill_for(self.key, recipients)
+        segs = self.segments
+        out = [segs[0]]
+        for seg in segs[1:]:
+            out.append(fill)
+            out.append(seg)
+        return out
+
+
+def split_token(raw: bytes) -> tuple[bytes, list[bytes]] | None:
+    """(key, prepared segments) for a message with the private field, else None.
+
+    The field is removed; the segments are ``prepare_body`` of the rest, cut at each
+    placeholder occurrence in the header (one segment when there is none).
+    """
+    token, raw = extract(raw)
+    if token is None:
+        return None
+    return token.key, _split(token.placeholder, prepare_body(raw))
+
+
+def _split(placeholder: bytes, prepared: bytes) -> list[bytes]:
+    if prepared.startswith(b"\r\n"):
+        hend = 0
+    else:
+        hend = prepared.find(b"\r\n\r\n")
+        hend = len(prepared) if hend < 0 else hend + 2
+    parts = prepared[:hend].split(placeholder)
+    if len(parts) == 1:
+        return [prepared]
+    parts[-1] += prepared[hend:]  # one copy of the body, once per message
+    return parts
+
+
+def prepare_message(raw: bytes) -> bytes | TokenBody:
+    """``prepare_body(raw)``, or a ``TokenBody`` when ``raw`` has the private field.
+
+    Any private field is removed, a malformed one too (then nothing is filled).
+    """
+    token, raw = extract(raw)
+    if token is None:
+        return prepare_body(raw)
+    segments = _split(token.placeholder, prepare_body(raw))
+    return segments[0] if len(segments) == 1 else TokenBody(token.key, tuple(segments))
 
 
 def has_8bit(prepared: bytes) -> bool:

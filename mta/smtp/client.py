@@ -2,10 +2,9 @@
 
 What it does: ``SMTPClient`` is the protocol core of remote delivery. The transport
 feeds it what the server sent (``receive_data``), writes what it asks to send
-(``take_output``: a list of byte strings, the prepared body among them by
-reference, never copied) and acts on the events it returns. It never touches a
-socket or a clock: the transport reports a dropped connection
-(``connection_lost``) or an expired reply timer (``timed_out``).
+(``take_output``: byte strings, the prepared body, or its buffers, by reference,
+never copied), acts on the events it returns, reports a dropped connection
+(``connection_lost``) or an expired reply timer (``timed_out``); no socket, no clock.
 
 Theory of operation. A session goes GREETING -> EHLO (-> HELO when EHLO gets
 5xx) [-> STARTTLS -> TLS -> EHLO] -> READY, then any number of transactions
@@ -45,10 +44,8 @@ from enum import Enum
 from typing import Sequence
 
 from mta.interfaces import Delivered, Outcome, PermFail, TempFail
-from mta.smtp.client_events import (
-    Closed, DataSent, Event, Extensions, SessionFailed, SessionReady, StartTLS, TransactionDone,
-    parse_extensions,
-)
+from mta.smtp.client_events import (Closed, DataSent, Event, Extensions, SessionFailed,
+                                    SessionReady, StartTLS, TransactionDone, parse_extensions)
 from mta.smtp.reply_parse import Reply, ReplyParser, ReplyProtocolError
 from mta.status import Stage, classify_reply
 
@@ -98,11 +95,10 @@ class SMTPClient:
         self._outcomes: list[Outcome | None] = []
         self._accepted = 0
         self._mail_failure: Outcome | None = None
-        self._body = b""
+        self._body: bytes | Sequence[bytes] = b""
         self._dot_sent = False
         self._dot_empty = False  # "." sent alone: no accepted recipient
 
-    # ---------------------------------------------------------------- output
     def take_output(self) -> list[bytes]:
         """The byte strings to write, in order; the client forgets them."""
         out = self._out
@@ -110,7 +106,6 @@ class SMTPClient:
             self._out = []
         return out
 
-    # ---------------------------------------------------------------- input
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the server; return the events they complete."""
         if self.state == State.CLOSED:
@@ -257,12 +252,11 @@ class SMTPClient:
         return Delivered(text) if isinstance(o, Delivered) else type(o)(text, o.dsn)
 
     # ---------------------------------------------------------------- transactions
-    def start_transaction(self, sender: str, recipients: Sequence[str], body: bytes) -> list[Event]:
-        """Queue one mail transaction; ``body`` is ``prepare_body()`` output.
-
-        Returns events at once only when nothing needs to be sent (body over the
-        server's SIZE limit, or no sendable recipient).
-        """
+    def start_transaction(self, sender: str, recipients: Sequence[str],
+                          body: bytes | Sequence[bytes]) -> list[Event]:
+        """Queue one mail transaction; ``body`` is ``prepare_body()`` output (or buffers
+        that concatenate to it, written in turn). Returns events at once only when nothing
+        needs to be sent (body over the server's SIZE limit, or no sendable recipient)."""
         if self.state != State.READY:
             raise LocalProtocolError(f"start_transaction in state {self.state.name}")
         if not recipients:
@@ -271,8 +265,10 @@ class SMTPClient:
         n = len(recipients)
         self._outcomes = outcomes = [None] * n
         ext = self.extensions
-        if ext.size and len(body) > ext.size:
-            fail = PermFail(f"Connected to {self.peer} but the message ({len(body)} bytes) exceeds "
+        one = type(body) is bytes  # the fast path: one prepared buffer
+        size = len(body) if one else sum(map(len, body))  # RFC 1870 SIZE: every buffer
+        if ext.size and size > ext.size:
+            fail = PermFail(f"Connected to {self.peer} but the message ({size} bytes) exceeds "
                             f"its size limit of {ext.size} bytes. (#5.3.4)", "5.3.4")
             return [TransactionDone((fail,) * n, False)]
         if "\r" in sender or "\n" in sender or ">" in sender:
@@ -280,8 +276,8 @@ class SMTPClient:
             return [TransactionDone((fail,) * n, False)]
         params = ""
         if ext.size is not None:
-            params = f" SIZE={len(body)}"
-        if ext.eightbitmime and not body.isascii():
+            params = f" SIZE={size}"
+        if ext.eightbitmime and not (body.isascii() if one else all(map(bytes.isascii, body))):
             params += " BODY=8BITMIME"
         cmds = self._cmds
         lines = [f"MAIL FROM:<{sender}>{params}\r\n"]
@@ -309,6 +305,7 @@ class SMTPClient:
             self._lines = [line.encode("utf-8") for line in lines]
             self._send_next()
         return []
+
 
     def _send_next(self) -> None:
         self._out.append(self._lines[self._sent])
@@ -363,8 +360,10 @@ class SMTPClient:
             if self._mail_failure is not None or not self._accepted:
                 self._out.append(b".\r\n")  # RFC 2920 3.1: an empty message, then we drop it
                 self._dot_empty = True
-            else:
+            elif type(self._body) is bytes:
                 self._out.append(self._body)
+            else:
+                self._out.extend(self._body)
             self._dot_sent = True
             events.append(DataSent())
             return
