@@ -14,6 +14,9 @@ connection for up to ``MAX_TXNS_PER_CONN`` transactions (RSET between them).
 
 The body is read from ``queue/mess/N`` and prepared (CRLF, dot-stuffed, final
 dot) once per message, then written from that same buffer for every transaction.
+A message with the private ``X-Mta-Rcpt-Token`` field (one-click unsubscribe,
+``mta.rcpt_token``) is prepared once as a ``TokenBody``: each transaction writes its
+segments with that transaction's few bytes of fill between them (QMTP: a copy).
 
 Failures: a connection that cannot be made or is turned away lowers the host's
 ceiling; when nothing to the host works the host is marked down (qmail's timeout
@@ -39,7 +42,8 @@ from mta.net.qm_client import qmtp_send
 from mta.net.smtp_client import ConnectionFailed, open_smtp_connection
 from mta.privsep import drop_to
 from mta.queue import message_path
-from mta.remote.body import prepare_body
+from mta.rcpt_token import personalize
+from mta.remote.body import TokenBody, prepare_message
 from mta.remote.hosts import HostState, Txn
 from mta.send.spawn import SchedulerGone, encode_results, read_jobs
 from mta.verp import is_verp, verp_sender
@@ -62,7 +66,7 @@ class RemoteWorker:
         self.total = 0
         self.results: list[list] = []
         self.have_results = asyncio.Event()
-        self.bodies: OrderedDict[int, bytes] = OrderedDict()
+        self.bodies: OrderedDict[int, bytes | TokenBody] = OrderedDict()
         self.tasks: set[asyncio.Task] = set()
 
     async def run(self) -> None:
@@ -188,7 +192,10 @@ class RemoteWorker:
                     self._report(txn, [TempFail("unable to read the queued message", "4.3.0")]
                                  * len(txn.rcpts))
                     continue
-                outcomes = await conn.send_transaction(txn.sender, [a for _, a in txn.rcpts], body)
+                addrs = [a for _, a in txn.rcpts]
+                if type(body) is not bytes:
+                    body = body.for_recipients(addrs)
+                outcomes = await conn.send_transaction(txn.sender, addrs, body)
                 self._report(txn, outcomes)
                 if not conn.usable:
                     break
@@ -210,7 +217,8 @@ class RemoteWorker:
                              * len(txn.rcpts))
                 continue
             txns.append(txn)
-            messages.append((txn.sender, [a for _, a in txn.rcpts], raw))
+            addrs = [a for _, a in txn.rcpts]
+            messages.append((txn.sender, addrs, personalize(raw, addrs)))
         if not txns:
             return
         h.established += 1
@@ -231,7 +239,7 @@ class RemoteWorker:
             self._report(txn, outs)
             h.transaction_done()
 
-    def _body(self, msg: int) -> bytes | None:
+    def _body(self, msg: int) -> bytes | TokenBody | None:
         body = self.bodies.get(msg)
         if body is not None:
             self.bodies.move_to_end(msg)
@@ -240,7 +248,7 @@ class RemoteWorker:
             raw = message_path(self.root, msg).read_bytes()
         except OSError:
             return None
-        body = self.bodies[msg] = prepare_body(raw)
+        body = self.bodies[msg] = prepare_message(raw)
         if len(self.bodies) > BODY_CACHE:
             self.bodies.popitem(last=False)
         return body
