@@ -17,6 +17,10 @@ process's working directory or umask); the scheduler runs it in a pool of
    ``default_delivery`` (``./Maildir/``, qmail's usual ``defaultdelivery``).
    A file with its owner-execute bit set (or a ``+list`` line) allows only
    forwards, as qmail.
+   Every line reads ``personal.personal_copy`` of the message: for a list post
+   with the private ``X-Mta-Rcpt-Token`` field, a temporary copy without it and
+   with the one-click token filled for ``job.token_recipient`` (default
+   ``recipient``); otherwise the stored file itself.
 5. the first failing line stops processing and cancels all forwards; otherwise
    all forwards are handed to ``job.inject`` in ONE call, sender = NEWSENDER
    (``dotqmail.forward_sender``), message = Delivered-To line + stored message.
@@ -35,7 +39,7 @@ exception escapes except for programming errors.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -55,6 +59,7 @@ from mta.local.environment import DeliveryLines, delivery_lines, program_environ
 from mta.local.loopcheck import check_loop
 from mta.local.maildir import deliver_maildir
 from mta.local.mbox import deliver_mbox
+from mta.local.personal import personal_copy
 from mta.local.program import run_program
 
 __all__ = ["ALIAS_USER", "DEFAULT_DELIVERY", "LocalJob", "LocalResult", "deliver_local"]
@@ -76,6 +81,8 @@ class LocalJob:
     builds them from its arguments. ``message_path`` is the
     stored message with LF line ends. ``extra_env`` is added to every program's
     environment (e.g. the instance root for ezlist programs).
+    ``token_recipient`` is the envelope recipient before the locals/virtualdomains
+    mapping: the address a one-click token is made for (``mta.rcpt_token``).
     """
 
     alias_dir: Path
@@ -87,6 +94,7 @@ class LocalJob:
     inject: Inject
     extra_env: tuple[tuple[str, str], ...] = ()
     default_delivery: str = DEFAULT_DELIVERY
+    token_recipient: str = ""  # the envelope recipient before mapping; "" = recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +149,15 @@ def _deliver(job: LocalJob) -> Outcome:
     forward_only = match.forward_only
     if not data:
         data, forward_only = job.default_delivery.encode(), False
-    run = _Run(job, match, lines, newsender, forward_only)
+    try:
+        with personal_copy(job.message_path, job.token_recipient or job.recipient) as path:
+            run = _Run(replace(job, message_path=path), match, lines, newsender, forward_only)
+            return _run_lines(run, data)
+    except OSError as exc:
+        return TempFail(f"Unable to read message: {exc.strerror}. (#4.3.0)", "4.3.0")
+
+
+def _run_lines(run: _Run, data: bytes) -> Outcome:
     for instruction in parse_dotqmail(data):
         outcome, stop = _execute(run, instruction)
         if not isinstance(outcome, Delivered):
