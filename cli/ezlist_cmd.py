@@ -6,8 +6,8 @@ for a permanent problem (bad input, no such list) and 111 for a temporary one
 (database locked, disk trouble, queue refused), qmail's convention.
 
 Subcommands: make, edit, sub, unsub, list, count, send, status, bounces,
-moderators, moderate-expire. ``sub`` and ``unsub`` read one address a line
-from standard input when no address is given (streamed: a million lines fit).
+moderators, moderate-expire, oneclick (the CGI program behind
+``--unsubscribe-url``). ``sub`` and ``unsub`` read one address a line from standard input when no address is given (streamed: a million lines fit).
 ``send`` posts a message file as mail to NAME@ would (headers, archive, VERP;
 the admin's post skips moderation and the subscribers-only check), then shows
 delivered / deferred / failed counts, rate and ETA until every recipient has
@@ -16,6 +16,7 @@ been tried (``--no-wait``: return at once).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from ezlist import fanout, listdir, moderate, returns, status
+from ezlist import fanout, listdir, moderate, oneclick_web, returns, status
 from ezlist.post import check_post
 from ezlist.subscribers import SubscriberDB
 from mta.instance import find_root
@@ -298,6 +299,18 @@ def moderate_expire(root: Path, name: str) -> None:
     except (sqlite3.Error, OSError, QueueError) as e:
         raise Failure(str(e), 111) from e
     click.echo(f"timed out {expired} held posts; sent {notices} bounce notices")
+
+
+@main.command()
+@click.pass_obj
+def oneclick(root: Path) -> None:
+    """CGI program for the lists' one-click unsubscribe URLs (RFC 8058).
+
+    Run by a web server for the URL given to ``--unsubscribe-url``, with MTA_ROOT
+    naming the instance: REQUEST_METHOD, QUERY_STRING and the POST body in, a
+    CGI response out. A GET shows a button; only a POST unsubscribes.
+    """
+    sys.exit(oneclick_web.serve_cgi(root, os.environ, sys.stdin.buffer, sys.stdout.buffer))
 
 
 if __name__ == "__main__":

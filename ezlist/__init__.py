@@ -7,7 +7,9 @@ Public modules (import them directly; each opens with its own manual):
     ezlist.cookies      make_cookie, check_cookie, split_cookie, new_key
     ezlist.addresses    parse_command, Command, Action and the address builders
     ezlist.headers      raw-bytes header parsing and editing
-    ezlist.post         check_post, prepare_post, list_fields, one_click_url
+    ezlist.post         check_post, prepare_post, list_fields
+    ezlist.oneclick     post_key, template_url, private_field, parse_query, verify (RFC 8058)
+    ezlist.oneclick_web handle_request, serve_cgi: the ``ezlist oneclick`` CGI program
     ezlist.archive      next_number, archive_post, read_archived
     ezlist.bounceparse  failed_addresses, is_ignorable, is_qsbmf
     ezlist.bounces      BounceBook, Notice, BounceStatus, Removal, State

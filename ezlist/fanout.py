@@ -52,6 +52,7 @@ from ezlist.post import prepare_post
 from ezlist.subscribers import SubscriberDB
 from mta.qq_client import inject, may_write_queue
 from mta.queue import enqueue, open_queue
+from mta.rcpt_token import strip_private
 
 SENDS = "sends"
 STREAM_BATCH = 20_000  # subscriber rows fetched at a time while streaming into the queue  # per-post records, one JSON file per post number
@@ -81,7 +82,7 @@ def post_message(cfg: ListConfig, raw: bytes, root: Path, now: int | None = None
     number = archive.next_number(cfg.path, len(raw))
     message = prepare_post(raw, cfg, number)
     if cfg.options.archived:
-        archive.archive_post(cfg.path, number, message)
+        archive.archive_post(cfg.path, number, strip_private(message))  # no post key
     sender = addresses.post_sender(cfg.name, cfg.host, number)
     servers = scaleout.read_servers(cfg.path)
     handover = None

@@ -20,8 +20,8 @@ one from a non-subscriber (when the caller passes ``is_subscriber``; #5.7.2).
      inside an RFC 2047 encoded word; a missing Subject gets the bare prefix;
   4. prepends, in this order: Mailing-List, List-Id (RFC 2919), List-Help,
      List-Post, List-Subscribe, List-Unsubscribe (RFC 2369), List-Unsubscribe-Post
-     (RFC 8058, only with a per-recipient https URL), Precedence: list and
-     ``Delivered-To: mailing list L@H``;
+     (RFC 8058, only with an https ``unsuburl``), Precedence: list,
+     ``Delivered-To: mailing list L@H`` and, with ``unsuburl``, the private field;
   5. appends ``text/trailer`` to the body only for a single-part text/plain
      message in 7bit/8bit without a DKIM-Signature (any signature covers the
      body); multipart, encoded or signed posts are left byte-exact and get no
@@ -29,17 +29,17 @@ one from a non-subscriber (when the caller passes ``is_subscriber``; #5.7.2).
 Every field not named above, and the body (when no trailer is added), is kept
 byte for byte: DKIM-Signature fields and MIME bodies survive.
 
-One-click unsubscribe: a post body is shared by all recipients, so a list-wide
-``prepare_post`` cannot carry a per-recipient URL. With ``unsubscribe_url`` set
-and no ``recipient_url``, List-Unsubscribe carries the https page (where a user
-enters an address) without List-Unsubscribe-Post; a fan-out that personalizes
-headers passes ``recipient_url=one_click_url(...)`` (cookie action ``oc``).
+One-click unsubscribe (RFC 8058): a post body is shared by all recipients, so
+with ``unsubscribe_url`` set List-Unsubscribe carries ezlist.oneclick's template
+URL (post number and a placeholder), List-Unsubscribe-Post is added, and the
+private ``X-Mta-Rcpt-Token`` field tells the mta's delivery how to fill the
+placeholder for each recipient (mta.rcpt_token; the field never leaves the mta).
+The archive copy must be stored without that field (``strip_private``).
 
 Public functions:
     check_post(raw, sender, cfg, is_subscriber=None) -> PermFail | None
-    prepare_post(raw, cfg, number, recipient_url=None) -> bytes
-    list_fields(cfg, eol, recipient_url=None) -> list[bytes]
-    one_click_url(cfg, key, address, now) -> str
+    prepare_post(raw, cfg, number) -> bytes
+    list_fields(cfg, eol, number) -> list[bytes]
 
 Failures: both functions return values, never raise on hostile messages.
 """
@@ -51,10 +51,10 @@ from email.header import decode_header, make_header
 from email.errors import HeaderParseError
 from typing import Callable
 
-from ezlist import addresses, cookies, templates
+from ezlist import oneclick, templates
 from ezlist.headers import (field_name, field_value, join_fields, line_ending, make_field,
                             parse_fields, remove_fields, split_message, values_of)
-from ezlist.listdir import ListConfig
+from ezlist.listdir import ListConfig, read_key
 from mta.interfaces import PermFail
 
 REMOVED = frozenset({
@@ -89,20 +89,13 @@ def check_post(raw: bytes, sender: str, cfg: ListConfig,
     return None
 
 
-def one_click_url(cfg: ListConfig, key: bytes, address: str, now: int) -> str:
-    """Per-recipient RFC 8058 URL: BASE/L@H/box=dom/TIME.MAC (cookie action ``oc``)."""
-    token = cookies.make_cookie(key, cfg.address, "oc", address, now)
-    base = cfg.options.unsubscribe_url.rstrip("/")
-    return f"{base}/{cfg.address}/{addresses.encode_target(address)}/{token}"
-
-
-def list_fields(cfg: ListConfig, eol: bytes, recipient_url: str | None = None) -> list[bytes]:
-    """The fields a post gets, in order (see module docstring, step 4)."""
+def list_fields(cfg: ListConfig, eol: bytes, number: int) -> list[bytes]:
+    """The fields post ``number`` gets, in order (see module docstring, step 4)."""
     name, host = cfg.name, cfg.host
     unsubscribe = f"<mailto:{name}-unsubscribe@{host}>"
-    web = recipient_url or cfg.options.unsubscribe_url
+    web = cfg.options.unsubscribe_url
     if web:
-        unsubscribe = f"<{web}>, {unsubscribe}"
+        unsubscribe = f"<{oneclick.template_url(cfg, number)}>, {unsubscribe}"
     pairs = [
         ("Mailing-List", f"contact {name}-help@{host}; run by ezlist"),
         ("List-Id", f"<{name}.{host}>"),
@@ -111,10 +104,13 @@ def list_fields(cfg: ListConfig, eol: bytes, recipient_url: str | None = None) -
         ("List-Subscribe", f"<mailto:{name}-subscribe@{host}>"),
         ("List-Unsubscribe", unsubscribe),
     ]
-    if recipient_url:
+    if web:
         pairs.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     pairs += [("Precedence", "list"), ("Delivered-To", f"mailing list {name}@{host}")]
-    return [make_field(k, v, eol) for k, v in pairs]
+    fields = [make_field(k, v, eol) for k, v in pairs]
+    if web:
+        fields.append(oneclick.private_field(read_key(cfg.path), number, eol))
+    return fields
 
 
 def _keep_first_received(fields: list[bytes]) -> list[bytes]:
@@ -173,8 +169,7 @@ def _append_trailer(body: bytes, trailer: bytes, eol: bytes) -> bytes:
     return body + eol.join(lines) + eol
 
 
-def prepare_post(raw: bytes, cfg: ListConfig, number: int,
-                 recipient_url: str | None = None) -> bytes:
+def prepare_post(raw: bytes, cfg: ListConfig, number: int) -> bytes:
     """The message as distributed for post ``number`` (see module docstring)."""
     header, separator, body = split_message(raw)
     eol = line_ending(raw)
@@ -188,5 +183,5 @@ def prepare_post(raw: bytes, cfg: ListConfig, number: int,
         if trailer.strip() and _trailer_allowed(fields, trailer):
             body = _append_trailer(body, trailer, eol)
             separator = separator or eol
-    new_header = join_fields(list_fields(cfg, eol, recipient_url) + fields, eol)
+    new_header = join_fields(list_fields(cfg, eol, number) + fields, eol)
     return new_header + separator + body

@@ -12,6 +12,12 @@ restarted), the client gets a temporary failure (451).
 With ``--direct`` (for running a listener without ``mta start``), the listener
 writes the queue itself with ``mta.queue.enqueue`` in a worker thread instead.
 
+The SMTP and QMTP listeners remove any ``X-Mta-Rcpt-Token`` header field before
+queueing (``mta.rcpt_token.strip_private``): that private field is ezlist's message
+to our own delivery (one-click unsubscribe tokens) and nobody outside may plant one.
+QMQP keeps it: it is the access-controlled handover from a list host to delivery
+machines (scale-out), which must fill the tokens.
+
 Recipient checks at RCPT time: an address in a local domain with no dot-qmail file
 (and so no list either) gets 550 (``mta.local.has_delivery``).
 
@@ -38,6 +44,7 @@ from mta.local import has_delivery
 from mta.privsep import drop_to
 from mta.qq_client import QqClient, QqError, socket_path
 from mta.queue import QueueError, enqueue
+from mta.rcpt_token import strip_private
 from mta.smtp.policy import SmtpPolicy
 from mta.smtpd import SubmitError, drain_sessions, load_server_tls, open_smtp_server
 
@@ -52,14 +59,17 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def make_submit(root: Path, *, direct: bool = False):
+def make_submit(root: Path, *, direct: bool = False, strip: bool = False):
     """An async submit(sender, recipients, data) that queues durably or raises SubmitError.
 
     Through the queue owner's socket; with ``direct``, by writing the queue here.
+    With ``strip``, any private ``X-Mta-Rcpt-Token`` field is removed first.
     """
     client = None if direct else QqClient(socket_path(root))
 
     async def submit(sender: str, recipients: list[str], data: bytes):
+        if strip:
+            data = strip_private(data)
         try:
             if client is not None:
                 return await client.submit(sender, recipients, data)
@@ -90,7 +100,7 @@ def smtp_policy(root: Path) -> SmtpPolicy:
 
 async def run_smtp(root: Path, host: str, port: int, direct: bool = False) -> None:
     policy = smtp_policy(root)
-    submit = make_submit(root, direct=direct)
+    submit = make_submit(root, direct=direct, strip=True)
     listeners = []
     server = await open_smtp_server(host, port, policy=policy, submit=submit,
                                     ssl_context=load_server_tls(root),
@@ -124,7 +134,8 @@ async def run_qmtp(root: Path, host: str, port: int, direct: bool = False) -> No
         domain = address.rpartition("@")[2]
         return ctl.rcpt_allowed(domain) if domain else True
 
-    server = await open_qmtp_server(host, port, submit=_qm_submit(root, direct), rcpt_allowed=rcpt_allowed,
+    server = await open_qmtp_server(host, port, submit=_qm_submit(root, direct, strip=True),
+                                    rcpt_allowed=rcpt_allowed,
                                     max_message=ctl.databytes, local_host=ctl.me,
                                     timeout=ctl.timeoutsmtpd)
     await _serve_until_term(server, lambda: None, root=root)
@@ -147,10 +158,10 @@ async def run_qmqp(root: Path, host: str, port: int, direct: bool = False) -> No
     await _serve_until_term(server, lambda: None, root=root)
 
 
-def _qm_submit(root: Path, direct: bool):
+def _qm_submit(root: Path, direct: bool, strip: bool = False):
     from mta.qmtp import SubmitError as QmSubmitError
 
-    smtp_submit = make_submit(root, direct=direct)
+    smtp_submit = make_submit(root, direct=direct, strip=strip)
 
     async def submit(sender, recipients, data):
         try:

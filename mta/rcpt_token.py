@@ -10,7 +10,7 @@ ezlist puts a placeholder in the URL and a private field in the header::
 declares the placeholder, ``@@[A-Z0-9_]{1,32}@@``). Whatever delivers the message
 removes every such field and replaces each placeholder occurrence IN THE HEADER
 (never in the body: a post may quote the placeholder) with ``fill_for(key,
-recipients)``: ``a=<address, percent-encoded>&t=<token>`` for a single recipient,
+recipients)``: ``a=<address as queued, percent-encoded>&t=<token>`` for a single recipient,
 where token = lower-case base32 of the first 80 bits of HMAC-SHA256(key, address
 lower-cased) (16 characters); empty for several recipients (the URL then fails
 verification and the web side asks for a confirmation by mail). ezlist's
@@ -66,7 +66,7 @@ def fill_for(key: bytes, recipients: Sequence[str]) -> bytes:
     """What replaces the placeholder for a transaction to ``recipients``."""
     if len(recipients) != 1 or not recipients[0] or len(recipients[0]) > MAX_ADDRESS:
         return b""
-    address = recipients[0].lower()
+    address = recipients[0]  # as queued: a local part's case is the subscriber's own
     return (b"a=" + quote(address, safe="@").encode("ascii") + b"&t="
             + token_for(key, address).encode("ascii"))
 

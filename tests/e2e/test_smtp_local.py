@@ -45,6 +45,22 @@ def test_maildir_delivery_readable_with_mailbox(system):
     system.wait_empty()
 
 
+def test_private_token_field_from_outside_is_removed_at_smtp_ingress(system):
+    """An outsider cannot plant ezlist's X-Mta-Rcpt-Token field: the listener strips it,
+    so local delivery finds none and leaves the placeholder as the sender wrote it."""
+    box = system.maildir("alice")
+    system.alias("alice", "./alice/\n")
+    system.start()
+    planted = ("X-Mta-Rcpt-Token: " + "ab" * 32 + " @@RCPT_TOKEN@@\r\n"
+               "X-Link: <https://evil.example/?@@RCPT_TOKEN@@>\r\n" + MSG.format(subject="t", mid="2"))
+    assert send(system, ["alice@local.test"], body=planted) == {}
+    system.wait_until(lambda: len(box) == 1, 20, "one message in alice's Maildir")
+    msg = box.messages()[0]
+    assert msg["X-Mta-Rcpt-Token"] is None
+    assert msg["X-Link"] == "<https://evil.example/?@@RCPT_TOKEN@@>"  # not filled in
+    system.wait_empty()
+
+
 def test_program_sees_qmail_local_environment(system):
     out = system.tmp / "env.json"
     system.alias("prog-default", f"|{sys.executable} -c "

@@ -6,18 +6,24 @@ import pytest
 
 from ezlist.headers import parse_fields, split_message
 from ezlist.listdir import ListOptions, edit_list, make_list
-from ezlist.post import check_post, list_fields, one_click_url, prepare_post
-from ezlist.cookies import check_cookie
+from ezlist.oneclick import PLACEHOLDER, post_key, verify
+from ezlist.post import check_post, list_fields, prepare_post
+from mta.rcpt_token import personalize, strip_private
 
 FIX = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
 TRAILER = "-- \nsos list: <#L#>-unsubscribe@<#H#> (post <#n#>)\n"
 
 
+KEY = bytes(range(32))  # a fixed list key, so the golden files' private field is stable
+
+
 @pytest.fixture
 def listcfg(root: Path):
-    return make_list(root, "sos@lists.local.test", ListOptions(
+    cfg = make_list(root, "sos@lists.local.test", ListOptions(
         prefix="[sos #]", trailer=TRAILER, unsubscribe_url="https://lists.local.test/unsubscribe"))
+    (cfg.path / "key").write_bytes(KEY)
+    return cfg
 
 
 def test_dkim_signed_mime_post_matches_golden_and_keeps_bytes(listcfg):
@@ -100,14 +106,35 @@ def test_check_post_refusals(root: Path, listcfg):
     assert check_post(tiny, "a@b.test", small, lambda a: True) is None
 
 
-def test_one_click(listcfg):
-    key = (listcfg.path / "key").read_bytes()
-    url = one_click_url(listcfg, key, "Jo@Ex.org", 1_700_000_000)
-    base, addr, target, token = url.rsplit("/", 3)
-    assert (base, addr) == ("https://lists.local.test/unsubscribe", "sos@lists.local.test")
-    assert target == "Jo=ex.org"
-    assert check_cookie(key, listcfg.address, "oc", "Jo@ex.org", token, 1_700_000_001)
-    fields = b"".join(list_fields(listcfg, b"\r\n", url))
-    assert f"List-Unsubscribe: <{url}>, <mailto:".encode() in fields
+def test_one_click_fields_template_and_private_field(listcfg):
+    fields = b"".join(list_fields(listcfg, b"\r\n", 12))
+    url = (b"https://lists.local.test/unsubscribe?l=sos@lists.local.test&n=12&" + PLACEHOLDER)
+    assert b"List-Unsubscribe: <" + url + b">, <mailto:sos-unsubscribe@lists.local.test>\r\n" in fields
     assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in fields
-    assert b"List-Unsubscribe-Post" not in b"".join(list_fields(listcfg, b"\r\n"))
+    assert b"X-Mta-Rcpt-Token: " + post_key(KEY, 12).hex().encode() + b" " + PLACEHOLDER in fields
+    assert post_key(KEY, 12) != post_key(KEY, 13)  # a token names one post
+
+
+def test_one_click_url_filled_by_the_mta_verifies_for_that_recipient_only(listcfg):
+    out = prepare_post(b"Subject: x\n\nbody mentions @@RCPT_TOKEN@@\n", listcfg, 3)
+    mine = personalize(out, ["Jo@ex.org"])
+    assert b"X-Mta-Rcpt-Token" not in mine
+    assert split_message(mine)[2].startswith(b"body mentions @@RCPT_TOKEN@@\n")  # body untouched
+    line = [f for f in parse_fields(split_message(mine)[0]) if f.startswith(b"List-Unsubscribe:")][0]
+    query = line.split(b"?", 1)[1].split(b">", 1)[0].decode()
+    params = dict(p.split("=", 1) for p in query.split("&"))
+    assert params["l"] == "sos@lists.local.test" and params["n"] == "3" and params["a"] == "Jo@ex.org"
+    assert verify(KEY, 3, "Jo@ex.org", params["t"])
+    assert not verify(KEY, 3, "ann@ex.org", params["t"]) and not verify(KEY, 4, "Jo@ex.org", params["t"])
+    assert not verify(bytes(32), 3, "Jo@ex.org", params["t"])
+    # several recipients in one transaction: no identity, the URL cannot verify
+    assert b"n=3&>" in personalize(out, ["a@ex.org", "b@ex.org"])
+
+
+def test_no_unsubscribe_url_means_mailto_only_and_no_private_field(root):
+    cfg = make_list(root, "plain@lists.local.test")
+    fields = b"".join(list_fields(cfg, b"\n", 1))
+    assert b"List-Unsubscribe: <mailto:plain-unsubscribe@lists.local.test>\n" in fields
+    assert b"List-Unsubscribe-Post" not in fields and b"X-Mta-Rcpt-Token" not in fields
+    out = prepare_post(b"Subject: x\n\nb\n", cfg, 1)
+    assert strip_private(out) is out  # nothing to strip: the very same object
