@@ -18,6 +18,7 @@ VERP sender. Timed runs also cross-check deliveries against the sinks' ``-c`` co
     .venv/bin/python benchmarks/fanout_vs_postfix.py [--recipients 100000] [--runs 3]
         [--workers 2] [--concurrency 40] [--perhost 4] [--validate N]
         [--ours-only] [--profile DIR] [--json FILE] [--postfix-profile fast|default]
+        [--snapshot REV | --code DIR]
 
 Postfix needs root (it is configured in /etc/postfix and started and stopped here;
 ``postfix stop`` runs at exit); without root the script refuses unless ``--ours-only``.
@@ -62,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--snapshot", metavar="REV", default=None,
                     help="run our engine from 'git archive REV' (not the working tree)")
+    ap.add_argument("--code", type=Path, default=None,
+                    help="run our engine from this folder holding mta/, cli/, ezlist/ (experiments)")
     return ap.parse_args(argv)
 
 
@@ -179,6 +182,9 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)  # the sinks run as nobody and write their dumps below it
     code = use_snapshot(args.snapshot, workdir) if args.snapshot else "working tree"
+    if args.code:
+        os.environ["PYTHONPATH"] = str(args.code.resolve())
+        code = f"folder {args.code.resolve()}"
     port = free_port(sink_addrs())
     sinks = Sinks(workdir, port)
     message = make_message()
