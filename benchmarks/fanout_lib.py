@@ -28,6 +28,7 @@ import re
 import socket
 import statistics
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -226,6 +227,43 @@ class CpuGroup:
             pass  # still busy: left for the next run (named per process, harmless)
 
 
+class RssSampler:
+    """Peak of the summed VmRSS of a cgroup's processes, sampled every ``interval`` s.
+
+    The same meter for both engines: Postfix's many short-lived processes have no
+    single VmHWM to read at the end, so both are sampled (a lower bound of the true
+    peak; our VmHWM sum is the upper bound and is reported too).
+    """
+
+    def __init__(self, cg: "CpuGroup | None", interval: float = 0.1):
+        self.cg, self.interval, self.peak_kb = cg, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "RssSampler":
+        if self.cg is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pids = [int(x) for x in (self.cg.path / "cgroup.procs").read_text().split()]
+            except OSError:
+                pids = []
+            self.peak_kb = max(self.peak_kb, sum(vm_kb(pid, "VmRSS:") for pid in pids))
+            self._stop.wait(self.interval)
+
+    @property
+    def peak_mb(self) -> float | None:
+        return self.peak_kb / 1024 if self.cg is not None else None
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
@@ -257,14 +295,19 @@ def tree_pids(root: int) -> list[int]:
     return sorted(want)
 
 
-def vm_hwm_kb(pid: int) -> int:
+def vm_kb(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field in kB (0 when the process is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         return 0
     return 0
+
+
+def vm_hwm_kb(pid: int) -> int:
+    return vm_kb(pid, "VmHWM:")
 
 
 def system_busy() -> tuple[int, int]:

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from fanout_lib import (CLK_TCK, NDOMAINS, CpuGroup, recipients, system_busy, tree_pids,
+from fanout_lib import (CLK_TCK, NDOMAINS, CpuGroup, RssSampler, recipients, system_busy, tree_pids,
                         vm_hwm_kb)
 
 __all__ = ["run_ours", "VERP_SENDER", "verp_of"]
@@ -170,17 +170,18 @@ def run_ours(n: int, message: bytes, sinks, workdir: Path, *, workers: int, conc
         cpu0, busy0, sk0 = (cg.ns() if cg else 0), system_busy(), sinks.cpu_ticks()
         us0 = cg.user_sys() if cg else (0.0, 0.0)
         t0, w0 = time.monotonic(), time.time()
-        rc, shim_kb = inject(root, n, message, cg)
-        ti = time.monotonic()
-        if rc != 0:
-            raise RuntimeError(f"qmail-queue exited {rc}")
-        bound = max(300.0, n / 500)
-        while not watch.ended:
-            if time.monotonic() - t0 > bound:
-                raise RuntimeError(f"not done after {bound:.0f} s: {watch.success} delivered")
-            time.sleep(0.02)
-            watch.poll()
-        te = time.monotonic()
+        with RssSampler(cg) as rss:
+            rc, shim_kb = inject(root, n, message, cg)
+            ti = time.monotonic()
+            if rc != 0:
+                raise RuntimeError(f"qmail-queue exited {rc}")
+            bound = max(300.0, n / 500)
+            while not watch.ended:
+                if time.monotonic() - t0 > bound:
+                    raise RuntimeError(f"not done after {bound:.0f} s: {watch.success} delivered")
+                time.sleep(0.02)
+                watch.poll()
+            te = time.monotonic()
         cpu1, busy1, sk1 = (cg.ns() if cg else 0), system_busy(), sinks.cpu_ticks()
         hwm = {pid: vm_hwm_kb(pid) for pid in tree_pids(proc.pid)}
         if profile_dir is not None:
@@ -203,4 +204,5 @@ def run_ours(n: int, message: bytes, sinks, workdir: Path, *, workers: int, conc
             "system_busy_pct": 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
             "peak_mem_mb": (sum(hwm.values()) + shim_kb) / 1024,
             "peak_mem_processes_mb": {str(p): kb / 1024 for p, kb in hwm.items()},
+            "peak_rss_sampled_mb": rss.peak_mb,
             "shim_maxrss_mb": shim_kb / 1024, "profiled": profile_dir is not None}

@@ -30,7 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fanout_lib import CLK_TCK, NDOMAINS, CpuGroup, system_busy
+from fanout_lib import CLK_TCK, NDOMAINS, CpuGroup, RssSampler, system_busy
 
 SENDER = "owner-list@bench.test"
 MAILLOG = Path("/var/log/postfix.log")
@@ -148,18 +148,19 @@ def run_postfix(n: int, message: bytes, sinks, workdir: Path, rcpts: list[str]) 
     cpu0, busy0, sk0 = (cg.ns() if cg else 0), system_busy(), sinks.cpu_ticks()
     us0 = cg.user_sys() if cg else (0.0, 0.0)
     t0 = time.monotonic()
-    with open(msg_file, "rb") as f:
-        p = subprocess.run(["sendmail", "-XV", "-f", SENDER, "--", *rcpts], stdin=f,
-                           capture_output=True, preexec_fn=_preexec(cg), timeout=600)
-    ti = time.monotonic()
-    if p.returncode != 0:
-        raise RuntimeError(f"sendmail failed ({p.returncode}): {p.stderr.decode()[-300:]}")
-    bound = max(300.0, n / 100)
-    while queue_files():
-        if time.monotonic() - t0 > bound:
-            raise RuntimeError(f"Postfix did not finish {n} deliveries in {bound:.0f} s")
-        time.sleep(0.02)
-    te = time.monotonic()
+    with RssSampler(cg) as rss:
+        with open(msg_file, "rb") as f:
+            p = subprocess.run(["sendmail", "-XV", "-f", SENDER, "--", *rcpts], stdin=f,
+                               capture_output=True, preexec_fn=_preexec(cg), timeout=600)
+        ti = time.monotonic()
+        if p.returncode != 0:
+            raise RuntimeError(f"sendmail failed ({p.returncode}): {p.stderr.decode()[-300:]}")
+        bound = max(300.0, n / 100)
+        while queue_files():
+            if time.monotonic() - t0 > bound:
+                raise RuntimeError(f"Postfix did not finish {n} deliveries in {bound:.0f} s")
+            time.sleep(0.02)
+        te = time.monotonic()
     cpu1, busy1, sk1 = (cg.ns() if cg else 0), system_busy(), sinks.cpu_ticks()
     user, sys_ = ((a - b) for a, b in zip(cg.user_sys(), us0)) if cg else (0.0, 0.0)
     stop_postfix(cg)
@@ -180,7 +181,7 @@ def run_postfix(n: int, message: bytes, sinks, workdir: Path, rcpts: list[str]) 
             "cpu_ms_per_delivery": 1000 * cpu / max(1, sent),
             "sinks_cpu_s": (sk1 - sk0) / CLK_TCK,
             "system_busy_pct": 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
-            "peak_mem_mb": None}
+            "peak_mem_mb": rss.peak_mb, "peak_rss_sampled_mb": rss.peak_mb}
 
 
 def _preexec(cg: CpuGroup | None):

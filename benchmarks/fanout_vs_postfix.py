@@ -43,7 +43,7 @@ from fanout_lib import Sinks, free_port, make_message, recipients, sink_addrs, s
 from fanout_ours import run_ours, verp_of  # noqa: E402
 
 METRICS = ("rate", "wall_s", "inject_s", "cpu_s", "cpu_ms_per_delivery", "peak_mem_mb",
-           "sinks_cpu_s", "system_busy_pct")
+           "peak_rss_sampled_mb", "sinks_cpu_s", "system_busy_pct")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def show(r: dict) -> None:
     mem = f", peak mem {r['peak_mem_mb']:.0f} MB" if r.get("peak_mem_mb") else ""
+    if r.get("peak_rss_sampled_mb"):
+        mem += f" (summed RSS sampled 10/s: {r['peak_rss_sampled_mb']:.0f} MB)"
     print(f"  {r['engine']:8s} N={r['n']}: {r['rate']:8.0f} deliveries/s  wall {r['wall_s']:.2f} s"
           f" (inject {r['inject_s']:.2f} s)  delivered {r['delivered']}"
           f" sinks {r.get('sink_mesg')}  cpu {r['cpu_s']:.2f} s"
@@ -139,6 +141,8 @@ def report(results: list[dict], engines: list[str]) -> dict:
                 f" [{s['cpu_ms_per_delivery']['min']:.3f}-{s['cpu_ms_per_delivery']['max']:.3f}]")
         if s["peak_mem_mb"]["n"]:
             line += f"  peak mem {s['peak_mem_mb']['median']:.0f} MB [{s['peak_mem_mb']['max']:.0f} max]"
+        if s["peak_rss_sampled_mb"]["n"]:
+            line += f"  sampled RSS {s['peak_rss_sampled_mb']['median']:.0f} MB"
         print(line)
     if "postfix" in summary and "ours" in summary:
         o, p = summary["ours"], summary["postfix"]
