@@ -7,6 +7,10 @@ allowed). Outside tests the variable is unset and the call costs one dict lookup
 Checkpoints in use: ``after_mess_fsync``, ``after_intd_fsync`` (recipient rows
 written, before commit), ``after_commit``, ``before_250``, ``after_preprocess``,
 ``maildir_before_link``, ``remote_after_dot``.
+
+Aliases (the security matrix's names, QF2): ``after_commit_link`` arms
+``after_commit`` (qmail-queue's last step is the link into todo/; ours is the
+COMMIT). Both names stay valid.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import os
 import signal
 
-_ARMED = frozenset(filter(None, os.environ.get("MTA_CRASH_AT", "").split(",")))
+ALIASES = {"after_commit_link": "after_commit"}
+
+_ARMED = frozenset(ALIASES.get(n, n)
+                   for n in filter(None, os.environ.get("MTA_CRASH_AT", "").split(",")))
 
 
 def crash_point(name: str) -> None:

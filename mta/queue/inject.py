@@ -39,8 +39,11 @@ read), MessDirError (64), QueueTimeout (52: write lock not obtained), OutOfMemor
 Several messages at once (group commit, one fsync of mess/ and one COMMIT for
 all): see batch.py, which reuses these steps.
 
-Test seam: env MTA_FAULT=enospc makes the body write fail with ENOSPC,
-MTA_FAULT=fsync_eio makes the body fsync fail with EIO (QF7, QF8).
+Test seam (env MTA_FAULT, read once at import): ``enospc`` makes the body write
+fail with ENOSPC, ``fsync_eio`` the body fsync with EIO (QF7, QF8, the message side);
+``commit_eio`` makes the recipients' COMMIT fail as SQLite does on an I/O error
+(QF8, the envelope side: exit 53, mess/N removed, nothing visible); ``internal_bug``
+raises an unexpected exception once the body is in mess/ (exit 81, same cleanup).
 """
 
 from __future__ import annotations
@@ -184,10 +187,14 @@ def _commit(root, conn: sqlite3.Connection, body: PendingBody, sender: str,
             " VALUES (?, ?, ?, ?, ?, 0)",
             (sender, body.size, time.time(), os.getpid(), os.getuid())).lastrowid
         _rename_into_mess(body, message_path(root, msg_id))
+        if _FAULT == "internal_bug":
+            raise RuntimeError("an unexpected internal error (MTA_FAULT)")
         cur = conn.executemany("INSERT INTO recipients (msg, addr, domain) VALUES (?, ?, ?)",
                                _rows(msg_id, recipients))
         conn.execute("UPDATE messages SET nrcpt = ? WHERE id = ?", (cur.rowcount, msg_id))
         crash_point("after_intd_fsync")
+        if _FAULT == "commit_eio":
+            raise sqlite3.OperationalError("disk I/O error (MTA_FAULT)")
         conn.commit()
     except BaseException as exc:
         _abort(conn, body.path if body.path != tmp else None)
