@@ -121,12 +121,15 @@ def _run_qmqpc(root: str) -> int:
     """qmail-qmqpc: send to the first server in control/qmqpservers that answers.
 
     Exit codes as qmail-qmqpc: 0 accepted; 31 the server refused permanently (D);
-    71 refused temporarily (Z) or no server could be reached; 91/54 bad input.
+    71 refused temporarily (Z); 72 the last server tried timed out at connect, 73
+    it refused the connection; 74 connected, then the exchange failed (no reply,
+    timeout, malformed reply; the next server is not tried, the message may have
+    arrived); 55 control/qmqpservers unusable or empty; 91/54 bad input.
     """
     import asyncio
     from mta.control import ControlError, load_control
     from mta.interfaces import Delivered, PermFail
-    from mta.net.qm_client import qmqp_send
+    from mta.net.qm_client import QmqpStop, qmqp_deliver
     from mta.queue.errors import QueueError
 
     try:
@@ -138,11 +141,14 @@ def _run_qmqpc(root: str) -> int:
     except QueueError as exc:
         _complain(str(exc))
         return exc.exit_code
-    outcome = asyncio.run(qmqp_send(servers, sender, recipients, b"".join(chunks)))
-    if isinstance(outcome, Delivered):
+    result = asyncio.run(qmqp_deliver(servers, sender, recipients, b"".join(chunks)))
+    if isinstance(result.outcome, Delivered):
         return 0
-    _complain(outcome.reason)
-    return 31 if isinstance(outcome, PermFail) else 71
+    _complain(result.outcome.reason)
+    if result.stop is QmqpStop.ANSWERED:
+        return 31 if isinstance(result.outcome, PermFail) else 71
+    return {QmqpStop.NO_SERVERS: 55, QmqpStop.CONNECT_TIMEOUT: 72,
+            QmqpStop.CONNECT_REFUSED: 73}.get(result.stop, 74)
 
 
 def _run_socket(root: str) -> int:

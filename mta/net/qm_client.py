@@ -10,7 +10,11 @@ message, in order (``K`` -> Delivered, ``Z`` -> TempFail, ``D`` -> PermFail).
 connect_timeout) -> Outcome``: tries ``servers`` (``(host, port)`` pairs) in
 order until one accepts the connection, as qmail-qmqpc does, sends the one
 request and returns the outcome of its single reply. Later servers are not
-tried once one has accepted the connection.
+tried once one has accepted the connection. ``qmqp_deliver`` (same arguments)
+returns a ``QmqpResult(outcome, stop)`` that also says where it stopped
+(``QmqpStop``: ANSWERED, NO_SERVERS, CONNECT_TIMEOUT / CONNECT_REFUSED for the
+last server tried, BROKEN once connected), so the null client can exit with
+qmail-qmqpc's codes (72 timeout, 73 refused, 74 communication failed).
 
 Recipients may be any iterable (consumed once); encoding is linear, so
 fan-outs of tens of thousands of recipients cost what their bytes cost.
@@ -26,6 +30,8 @@ temporary).
 from __future__ import annotations
 
 import asyncio
+import enum
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from mta.interfaces import Outcome, TempFail
@@ -110,34 +116,70 @@ def _split(outcomes: list[Outcome], counts: list[int], problem: str | None) -> l
     return result
 
 
-async def _read_qmqp_reply(reader: asyncio.StreamReader, timeout: float) -> Outcome:
+class QmqpStop(enum.Enum):
+    """Where a QMQP handover ended."""
+
+    ANSWERED = "answered"  # a server replied K, Z or D
+    NO_SERVERS = "no servers"
+    CONNECT_TIMEOUT = "connect timeout"  # the last server tried did not answer in time
+    CONNECT_REFUSED = "connect refused"  # ... refused the connection (or another OSError)
+    BROKEN = "broken"  # connected, then a timeout, a break or a malformed reply
+
+
+@dataclass(frozen=True, slots=True)
+class QmqpResult:
+    outcome: Outcome
+    stop: QmqpStop
+
+
+async def _read_qmqp_reply(reader: asyncio.StreamReader, timeout: float) -> QmqpResult:
     decoder = NetstringDecoder(4096)
     while True:
         try:
             chunk = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
             replies = decoder.feed(chunk) if chunk else []
         except asyncio.TimeoutError:
-            return TempFail("timed out waiting for the QMQP reply", "4.4.2")
+            return _broken("timed out waiting for the QMQP reply", "4.4.2")
         except OSError as exc:
-            return TempFail(f"connection broken while reading the QMQP reply: {exc}", "4.4.2")
+            return _broken(f"connection broken while reading the QMQP reply: {exc}", "4.4.2")
         except NetstringError as exc:
-            return TempFail(f"protocol violation in the QMQP reply: {exc.reason}", "4.5.0")
+            return _broken(f"protocol violation in the QMQP reply: {exc.reason}", "4.5.0")
         if replies:
-            return parse_reply(replies[0])
+            answered = replies[0][:1] in (b"K", b"Z", b"D")
+            return QmqpResult(parse_reply(replies[0]),
+                              QmqpStop.ANSWERED if answered else QmqpStop.BROKEN)
         if not chunk:
-            return TempFail("connection closed before the QMQP reply", "4.4.2")
+            return _broken("connection closed before the QMQP reply", "4.4.2")
+
+
+def _broken(reason: str, dsn: str) -> QmqpResult:
+    return QmqpResult(TempFail(reason, dsn), QmqpStop.BROKEN)
 
 
 async def qmqp_send(servers: Sequence[tuple[str, int]], sender: str, recipients: Iterable[str],
                     data: bytes, *, timeout: float = 60.0, connect_timeout: float = 10.0) -> Outcome:
     """Deliver one message through the first QMQP server that accepts a connection."""
+    result = await qmqp_deliver(servers, sender, recipients, data, timeout=timeout,
+                                connect_timeout=connect_timeout)
+    return result.outcome
+
+
+async def qmqp_deliver(servers: Sequence[tuple[str, int]], sender: str, recipients: Iterable[str],
+                       data: bytes, *, timeout: float = 60.0,
+                       connect_timeout: float = 10.0) -> QmqpResult:
+    """``qmqp_send``, also saying where it stopped (see QmqpStop)."""
     request = encode_request(sender, recipients, data)
-    problem = "no QMQP servers configured"
+    result = QmqpResult(TempFail("no QMQP servers configured", "4.4.1"), QmqpStop.NO_SERVERS)
     for host, port in servers:
         try:
             reader, writer = await _connect(host, port, connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
-            problem = f"cannot connect to QMQP server {host}:{port}: {_why(exc)}"
+        except asyncio.TimeoutError:
+            result = QmqpResult(TempFail(f"cannot connect to QMQP server {host}:{port}: timed out",
+                                         "4.4.1"), QmqpStop.CONNECT_TIMEOUT)
+            continue
+        except OSError as exc:
+            result = QmqpResult(TempFail(f"cannot connect to QMQP server {host}:{port}: "
+                                         f"{_why(exc)}", "4.4.1"), QmqpStop.CONNECT_REFUSED)
             continue
         reading = asyncio.create_task(_read_qmqp_reply(reader, timeout))
         write_problem = None
@@ -146,10 +188,10 @@ async def qmqp_send(servers: Sequence[tuple[str, int]], sender: str, recipients:
         except (OSError, asyncio.TimeoutError) as exc:  # an early reply still counts
             write_problem = f"connection broken while sending to {host}:{port}: {_why(exc)}"
         try:
-            outcome = await reading
+            result = await reading
         finally:
             writer.close()
-        if write_problem and isinstance(outcome, TempFail):
-            return TempFail(write_problem, "4.4.2")
-        return outcome
-    return TempFail(problem, "4.4.1")
+        if write_problem and result.stop is QmqpStop.BROKEN:
+            return _broken(write_problem, "4.4.2")
+        return result
+    return result
