@@ -97,3 +97,68 @@ def test_no_machine_answers_leaves_parts_pending_for_resume(tmp_path):
         await resume(tmp_path, 4, servers, "l-@x.test-@[]", addrs, b"\nhi\n")
         assert sorted(r for _, rs, _ in live.got for r in rs) == sorted(addrs)
     asyncio.run(go())
+
+
+class DyingMachine:
+    """A raw QMQP peer (written here from the spec) that reads a whole request, then
+    closes without answering: a delivery machine dying between the handover and its K."""
+
+    def __init__(self):
+        self.requests = []
+
+    async def handle(self, reader, writer):
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b":"), 10)
+            body = await asyncio.wait_for(reader.readexactly(int(head[:-1]) + 1), 10)
+            self.requests.append(head + body)
+        finally:
+            writer.close()
+
+    async def start(self, host="127.0.0.1"):
+        self.server = await asyncio.start_server(self.handle, host, 0)
+        return Server(host, self.server.sockets[0].getsockname()[1], 0)
+
+
+def handed(machine):
+    return [r for _, rs, _ in machine.got for r in rs]
+
+
+def test_machine_dying_mid_handover_part_goes_to_next_machine(tmp_path):
+    async def go():
+        dying, live = DyingMachine(), Machine()
+        servers = [await dying.start(), await live.start()]
+        addrs = [f"u{i}@d{i % 20}.test" for i in range(1000)]
+        own = split_by_domain(addrs, 2)[0]  # the dying machine's own part
+        assert own and len(own) < len(addrs)
+        parts = await resume(tmp_path, 5, servers, "l-@x.test-@[]", addrs, b"\nhi\n")
+        [request] = dying.requests  # it read all of its part ...
+        assert request.endswith(b"%d:%s,," % (len(own[-1]), own[-1].encode()))
+        assert sorted(handed(live)) == sorted(addrs)  # ... which the next machine took
+        assert [(p["state"], p["server"]["port"]) for p in parts] == [
+            ("accepted", servers[1].port)] * 2
+        assert load_parts(tmp_path, 5) == json.loads(json.dumps(parts))
+    asyncio.run(go())
+
+
+def test_part_unanswered_by_every_machine_stays_ours_until_one_accepts(tmp_path):
+    async def go():
+        first, second = DyingMachine(), DyingMachine()
+        servers = [await first.start(), await second.start()]
+        addrs = [f"u{i}@d{i % 20}.test" for i in range(600)]
+        with pytest.raises(ScaleoutError) as e:
+            await resume(tmp_path, 6, servers, "l-@x.test-@[]", addrs, b"\nhi\n", timeout=5)
+        assert not e.value.permanent
+        assert len(first.requests) == len(second.requests) == 2  # each part offered to both
+        record = load_parts(tmp_path, 6)
+        assert {p["state"] for p in record} == {"pending"}
+        assert all("closed before the QMQP reply" in p["last_error"] for p in record)
+        live = Machine()
+        servers[0] = await live.start()  # a machine comes back
+        parts = await resume(tmp_path, 6, servers, "l-@x.test-@[]", addrs, b"\nhi\n")
+        got = handed(live)
+        assert sorted(got) == sorted(addrs) and len(set(got)) == len(addrs)  # none lost
+        assert {p["state"] for p in parts} == {"accepted"}
+        assert len(second.requests) == 3  # still dying: its own part was tried there first
+        await resume(tmp_path, 6, servers, "l-@x.test-@[]", addrs, b"\nhi\n")
+        assert len(handed(live)) == len(addrs) and len(second.requests) == 3  # nothing resent
+    asyncio.run(go())
