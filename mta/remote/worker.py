@@ -18,6 +18,16 @@ A message with the private ``X-Mta-Rcpt-Token`` field (one-click unsubscribe,
 ``mta.rcpt_token``) is prepared once as a ``TokenBody``: each transaction writes its
 segments with that transaction's few bytes of fill between them (QMTP: a copy).
 
+STARTTLS is opportunistic, as Postfix's ``smtp_tls_security_level = may``: when a
+server offers it, the session is upgraded before the first ``MAIL``, with no
+certificate or name verification (a self-signed or expired certificate still
+encrypts; an active attacker can strip the offer, as for every MTA without DANE or
+MTA-STS). A server that answers STARTTLS with an error keeps the session in
+plaintext. If the TLS handshake itself fails, the connection is dropped and the
+worker connects to the same host once more without TLS and delivers in plaintext
+(Postfix's fallback to cleartext; ``mta.net.smtp_client``); the mail is never
+deferred for want of TLS. Each new connection tries TLS again.
+
 Failures: a connection that cannot be made or is turned away lowers the host's
 ceiling; when nothing to the host works the host is marked down (qmail's timeout
 table) and its transactions go to the next MX, or come back as Z (deferred). A
@@ -31,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 import time
 from collections import OrderedDict
@@ -55,6 +66,14 @@ QMTP_BATCH = 100  # messages handed over on one QMTP connection
 BODY_CACHE = 64
 
 
+def opportunistic_tls_context() -> ssl.SSLContext:
+    """The client context for STARTTLS: encrypt when offered, verify nothing (``may``)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class RemoteWorker:
     def __init__(self, root: Path, connections: int, clock=time.monotonic):
         self.root = root
@@ -68,6 +87,7 @@ class RemoteWorker:
         self.have_results = asyncio.Event()
         self.bodies: OrderedDict[int, bytes | TokenBody] = OrderedDict()
         self.tasks: set[asyncio.Task] = set()
+        self.tls = opportunistic_tls_context()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,7 +186,7 @@ class RemoteWorker:
         try:
             conn = await open_smtp_connection(
                 h.key[0], h.key[1], helo=ctl.helohost, timeout_connect=ctl.timeoutconnect,
-                timeout_reply=ctl.timeoutremote)
+                timeout_reply=ctl.timeoutremote, tls_context=self.tls)
         except ConnectionFailed as cf:
             outcome = cf.outcome
             if isinstance(outcome, PermFail):
