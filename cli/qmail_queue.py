@@ -5,7 +5,10 @@ Input: the message on fd 0, read to EOF first; then the envelope on fd 1:
 ``\\0``. The envelope is parsed while it is read (streamed into the database), so
 a million recipients cost no memory. Exactly one line is prepended to the message:
 ``Received: (qmail PID invoked by uid UID); D Mon YYYY HH:MM:SS -0000``.
-Addresses are stored as given. The instance is ``$MTA_ROOT``, else ``./var``.
+Addresses are stored as given. The instance is ``--root DIR`` (or ``--root=DIR``)
+when that is the first argument (our extension; qmail-queue takes no arguments and
+any other argument is ignored, as qmail-queue ignores them), else ``$MTA_ROOT``,
+else ``./var``.
 
 When this user may not write the queue (or ``MTA_QQ=socket`` asks for it), the
 message goes to the queue owner over ``queue/lock/qq.sock`` instead (DESIGN.md:
@@ -63,7 +66,7 @@ def _run() -> int:
     from mta.queue.inject import commit_body, qmail_received, write_body
     from mta.queue.store import open_queue
 
-    root = os.environ.get("MTA_ROOT") or "var"
+    root = find_root(sys.argv[1:])
     if os.geteuid() == 0:  # root first becomes the queue owner (DESIGN.md)
         from mta.privsep import become_queue_owner
 
@@ -92,6 +95,15 @@ def _run() -> int:
         _complain(str(exc))
         return exc.exit_code
     return 0
+
+
+def find_root(argv: list[str]) -> str:
+    """``--root DIR`` / ``--root=DIR`` as first argument, else $MTA_ROOT, else var."""
+    if argv[:1] == ["--root"] and len(argv) > 1:
+        return argv[1]
+    if argv and argv[0].startswith("--root=") and len(argv[0]) > len("--root="):
+        return argv[0][len("--root="):]
+    return os.environ.get("MTA_ROOT") or "var"
 
 
 def _may_write(root: str) -> bool:

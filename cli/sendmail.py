@@ -5,7 +5,8 @@ Supported: ``-t`` (recipients from To/Cc/Bcc), ``-f SENDER`` / ``-fSENDER``,
 message here, the whole of standard input is the message), other ``-o...`` and
 ``-B...``/``-v`` accepted and ignored as sendmail's compatibility interface does,
 then recipients. ``-bs``/``-bd`` and other modes are refused with exit 100.
-The instance comes from ``$MTA_ROOT``, else ``./var``. Exit codes: 0 queued,
+The instance comes from ``--root DIR`` (or ``--root=DIR``) given as the first
+argument (our extension), else ``$MTA_ROOT``, else ``./var``. Exit codes: 0 queued,
 100 permanent problem (bad usage, no recipients), 111 temporary.
 """
 
@@ -23,7 +24,8 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list[str]) -> dict:
-    opts = {"sender": None, "fullname": None, "take": False, "recipients": []}
+    opts = {"root": None, "sender": None, "fullname": None, "take": False, "recipients": []}
+    argv = _take_root(argv, opts)
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -52,6 +54,19 @@ def parse_args(argv: list[str]) -> dict:
     return opts
 
 
+def _take_root(argv: list[str], opts: dict) -> list[str]:
+    """Remove a leading ``--root DIR`` / ``--root=DIR``, noting DIR in ``opts``."""
+    if argv[:1] == ["--root"]:
+        if len(argv) < 2:
+            raise UsageError("--root needs an argument")
+        opts["root"] = argv[1]
+        return argv[2:]
+    if argv and argv[0].startswith("--root="):
+        opts["root"] = argv[0][len("--root="):] or None
+        return argv[1:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     from cli.mta_queue_cmds import inject_message
 
@@ -61,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         sys.stderr.write(f"sendmail: {e}\n")
         return 100
-    return inject_message(find_root(), sys.stdin.buffer.read(), o["sender"], o["fullname"],
+    return inject_message(find_root(o["root"]), sys.stdin.buffer.read(), o["sender"], o["fullname"],
                           o["take"], o["recipients"])
 
 
