@@ -2,10 +2,13 @@
 
 ``build_bounce`` renders the failure report for one message: the header
 (``Date``, ``From: bouncefrom@bouncehost``, ``To: <sender>``, ``Subject: failure
-notice``), qmail-send's introductory paragraph, one ``<address>:`` paragraph per
-failed recipient carrying the remote's text (blank lines inside it escaped as
-``/``, as qmail does, so a paragraph never contains an empty line), the break
-paragraph and a copy of the original message after a ``Return-Path`` line.
+notice``), qmail-send's introductory paragraph (naming ``bouncehost``, as
+``injectbounce()`` does), one ``<address>:`` paragraph per failed recipient
+carrying the remote's text (blank lines inside it escaped as ``/``, as qmail does,
+so a paragraph never contains an empty line), the break paragraph and a copy of the
+original message after a ``Return-Path`` line (a VERP sender's ``-@[]`` stripped,
+as qmail). A CR or LF in an address is shown as ``_`` (qmail ``addbounce()``), so
+an envelope address cannot forge a paragraph or a header field.
 A double bounce (the failed message was itself a bounce) uses qmail's other
 wording. With ``fmt="dsn"`` the same facts become a ``multipart/report`` (RFC 3464)
 with a human-readable part, a ``message/delivery-status`` part with one
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-from mta.verp import is_verp, verp_sender
+from mta.verp import bounce_address, is_verp, verp_sender
 
 __all__ = ["Failure", "build_bounce", "bounce_recipient", "DOUBLE_BOUNCE_SENDER"]
 
@@ -65,9 +68,14 @@ def _safe(text: str) -> str:
     return "\n".join(ln if ln else "/" for ln in lines)
 
 
+def _addr(address: str) -> str:
+    """An address as a report shows it: a CR or LF becomes ``_`` (qmail ``addbounce()``)."""
+    return address.replace("\r", "_").replace("\n", "_")
+
+
 def _header(bouncefrom: str, bouncehost: str, to: str, subject: str, now: float) -> list[str]:
     date = format_datetime(datetime.fromtimestamp(now, timezone.utc))
-    return [f"Date: {date}", f"From: {bouncefrom}@{bouncehost}", f"To: {to}",
+    return [f"Date: {date}", f"From: {bouncefrom}@{bouncehost}", f"To: {_addr(to)}",
             f"Subject: {subject}"]
 
 
@@ -79,17 +87,17 @@ def build_bounce(*, original: bytes, sender: str, failures: list[Failure], me: s
     if fmt == "dsn":
         return _build_dsn(original, sender, failures, me, bouncefrom, bouncehost, to, now)
     lines = _header(bouncefrom, bouncehost, to, "failure notice", now)
-    lines += ["", f"Hi. This is the qmail-send program at {me}."]
+    lines += ["", f"Hi. This is the qmail-send program at {bouncehost}."]
     if double:
         lines.append("I tried to deliver a bounce message to this address, but the bounce bounced!")
     else:
         lines += ["I'm afraid I wasn't able to deliver your message to the following addresses.",
                   "This is a permanent error; I've given up. Sorry it didn't work out."]
     for f in failures:
-        lines += ["", f"<{f.address}>:", _safe(f.text)]
+        lines += ["", f"<{_addr(f.address)}>:", _safe(f.text)]
     lines += ["", "--- Below this line is the original bounce." if double
               else "--- Below this line is a copy of the message.", "",
-              f"Return-Path: <{sender}>"]
+              f"Return-Path: <{_addr(bounce_address(sender))}>"]
     return ("\n".join(lines) + "\n").encode("utf-8", "replace") + original.replace(b"\r\n", b"\n")
 
 
@@ -104,16 +112,16 @@ def _build_dsn(original: bytes, sender: str, failures: list[Failure], me: str,
               f"This is the mail system at {me}.",
               "I was not able to deliver your message to the following addresses.", ""]
     for f in failures:
-        lines += [f"<{f.address}>: {_safe(f.text)}", ""]
+        lines += [f"<{_addr(f.address)}>: {_safe(f.text)}", ""]
     lines += [f"--{boundary}", "Content-Type: message/delivery-status", "",
               f"Reporting-MTA: dns; {me}",
               f"Arrival-Date: {format_datetime(datetime.fromtimestamp(now, timezone.utc))}"]
     for f in failures:
         diag = " ".join(_safe(f.text).split("\n"))
-        lines += ["", f"Final-Recipient: rfc822; {f.address}", "Action: failed",
+        lines += ["", f"Final-Recipient: rfc822; {_addr(f.address)}", "Action: failed",
                   f"Status: {f.dsn}", f"Diagnostic-Code: smtp; {diag}"]
     lines += ["", f"--{boundary}", "Content-Type: message/rfc822", "",
-              f"Return-Path: <{sender}>"]
+              f"Return-Path: <{_addr(bounce_address(sender))}>"]
     tail = f"\n--{boundary}--\n".encode()
     body = original.replace(b"\r\n", b"\n")
     if not body.endswith(b"\n"):
