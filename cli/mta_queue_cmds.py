@@ -74,10 +74,12 @@ def stat_cmd(root: Path) -> None:
 @click.option("-f", "sender", default=None, help="envelope sender (default: $USER@defaulthost)")
 @click.option("-F", "fullname", default=None, help="full name for a generated From:")
 @click.option("-t", "take", is_flag=True, help="take recipients from To/Cc/Bcc")
+@click.option("-i", "-oi", "_dots", is_flag=True,
+              help="accepted (sendmail's): a line with a single dot never ends the message")
 @click.argument("recipients", nargs=-1)
 @click.pass_obj
-def inject_cmd(root: Path, sender, fullname, take, recipients) -> None:
-    """Queue the message on standard input (qmail-inject)."""
+def inject_cmd(root: Path, sender, fullname, take, _dots, recipients) -> None:
+    """Queue the message on standard input (qmail-inject); all of it, dots included."""
     sys.exit(inject_message(root, sys.stdin.buffer.read(), sender, fullname, take, recipients))
 
 
