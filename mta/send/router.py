@@ -6,13 +6,16 @@ from ``control/smtproutes``; DNS uses ``control/nameservers`` when present, else
 the system resolver. Domains listed in ``control/qmtproutes`` (same syntax; port
 209 when a line gives none) are delivered with QMTP instead of SMTP. Lookups for many domains run concurrently and share the
 resolver's cache; ``forget()`` drops cached answers (SIGALRM does this so a fixed
-DNS problem is seen at once). ``local_ips`` are the addresses our own listeners
-use: an MX pointing only at them is a permanent error (qmail's #5.4.6), not a loop.
+DNS problem is seen at once). This machine's addresses (``mta.ipme``, read when
+the Router is built: at start and on SIGHUP) plus ``local_ips`` (more addresses to
+count as ours, e.g. a listener's behind NAT) are "us": an MX list whose best host
+is us is a permanent error (qmail's perm_ambigmx, #5.4.6), not a loop.
 """
 
 from __future__ import annotations
 
 from mta.dns import Resolver
+from mta.ipme import local_addresses
 from mta.interfaces import PermFail, TempFail
 from mta.remote.routes import resolve_destination, route_for
 
@@ -25,7 +28,7 @@ class Router:
     def __init__(self, ctl, timeout: float = DNS_TIMEOUT, local_ips=()):
         self.ctl = ctl
         self.resolver = Resolver(list(ctl.nameservers) or None, timeout=timeout,
-                                 local_ips=local_ips)
+                                 local_ips=local_addresses() | set(local_ips))
 
     async def resolve(self, domain: str) -> list[tuple] | TempFail | PermFail:
         """Destinations for ``domain``: ``(ip, port)`` for SMTP, ``(ip, port, "qmtp")``

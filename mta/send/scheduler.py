@@ -73,7 +73,8 @@ class Scheduler(Supervision):
                  window: int = 20000, batch: int = 5000, per_dest: int = 3000,
                  flush_interval: float = 0.1, clock=time.time, local_ips=(),
                  resolve_wait: float = 0.05, dns_timeout: float = DNS_TIMEOUT):
-        """``local_ips``: our own listeners' addresses (an MX naming only them is #5.4.6);
+        """``local_ips``: addresses to count as ours besides this machine's interfaces
+        (``mta.ipme``, always counted): a best MX among them is #5.4.6 (qmail perm_ambigmx);
         ``resolve_wait``: how long a fetch waits for DNS before dispatching what it has;
         ``dns_timeout``: how long one domain's lookup may take before it is deferred."""
         self.root = Path(root)
