@@ -45,7 +45,7 @@ class ControlError(Exception):
 @dataclass(frozen=True)
 class Setting:
     name: str
-    kind: str  # str | int | domains | virtualdomains | routes | servers | hostint | choice
+    kind: str  # str | int | float | domains | virtualdomains | routes | servers | hostint | choice
     default: Any  # "ME" means: the value of control/me
     unit: str
     doc: str
@@ -84,7 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queuelifetime", "int", 604800, "seconds", "how long a message may stay queued"),
     Setting("timeoutconnect", "int", 60, "seconds", "wait for a remote SMTP connection"),
     Setting("timeoutremote", "int", 1200, "seconds", "wait for each remote SMTP reply"),
-    Setting("timeoutsmtpd", "int", 1200, "seconds", "wait for each read from an SMTP client"),
+    Setting("timeoutsmtpd", "int", 1200, "seconds", "deadline for each SMTP client command line; DATA: no stall longer, 500 bytes/s"),
+    Setting("smtpgreetdelay", "float", 0.0, "seconds", "ours: delay before the SMTP greeting; input sent before it gets 554 (0 = greet at once)"),
     Setting("bounceformat", "choice", "qsbmf", "", "ours: qsbmf (qmail's) or dsn (RFC 3464)", ("qsbmf", "dsn")),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -217,6 +218,14 @@ def _parse_int(s: Setting, lines: list[str]) -> int:
     return int(text)
 
 
+def _parse_float(s: Setting, lines: list[str]) -> float:
+    text = lines[0].strip() if lines else ""
+    whole, _, frac = text.partition(".")
+    if not (whole or frac) or not (whole or "0").isdigit() or not (frac or "0").isdigit():
+        raise ControlError(s.name, 1, f"not a non-negative number: {text!r}")
+    return float(text)
+
+
 def _parse_choice(s: Setting, lines: list[str]) -> str:
     value = _parse_str(s, lines).lower()
     if value not in s.choices:
@@ -297,6 +306,7 @@ def _parse_hostint(s: Setting, lines: list[str]) -> dict[str, int]:
 _PARSERS: dict[str, Callable[[Setting, list[str]], Any]] = {
     "str": _parse_str,
     "int": _parse_int,
+    "float": _parse_float,
     "choice": _parse_choice,
     "domains": _parse_domains,
     "virtualdomains": _parse_virtualdomains,

@@ -11,9 +11,16 @@ the injected ``submit`` callable with our Received line prepended. The 250 is
 written only after ``submit`` returned, i.e. the queue has the message durably;
 ``crash_point("before_250")`` runs just before it. While a submit is in flight,
 and while the client does not read our replies, reading is paused, so one
-connection buffers at most one read. Each read has a deadline of
-``timeoutsmtpd`` seconds (qmail: "for each buffer"); an idle client gets
-``451 timeout (#4.4.2)`` and is dropped. TCP_NODELAY is set on every socket.
+connection buffers at most one read. Deadlines (``timeoutsmtpd`` = T): each
+command line must be complete within T of the previous one (or of the greeting): a
+client trickling bytes gains no time. In DATA, each read earns its length divided
+by ``min_data_rate`` (500 bytes/s) seconds, never more than T ahead (Postfix's
+``smtpd_min_data_rate``): a stall or a body slower than that ends the session. The
+client then gets qmail's ``451 timeout (#4.4.2)`` and is dropped. A client that does
+not read our replies (writing paused) is aborted at the deadline without one, and a
+close that does not flush within T is aborted. ``smtpgreetdelay`` (``greet_delay``)
+holds the greeting back; input sent before it is an early talker (554, DESIGN
+decision 2). TCP_NODELAY is set on every socket.
 
 Public:
     open_smtp_server(host, port, *, policy, submit, ssl_context=None) -> asyncio.Server
@@ -100,6 +107,7 @@ class SmtpProtocol(asyncio.Protocol):
         self._paused: set[str] = set()  # why reading is paused: submit, tls, writing
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._closed = False
         self._tls_early: list[bytes] = []
 
@@ -141,8 +149,9 @@ class SmtpProtocol(asyncio.Protocol):
             # is decrypted data that raced start_tls() returning: keep it for later.
             self._tls_early.append(data)
             return
-        self._arm_timer()
+        before = self.core.state
         self._act(self.core.receive_data(data))
+        self._note_progress(before, len(data), b"\n" in data)
         self.close_if_draining()
 
     def eof_received(self) -> bool:
@@ -150,8 +159,9 @@ class SmtpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._linger):
+            if timer is not None:
+                timer.cancel()
         lst = self.listener
         lst.sessions.discard(self)
         lst.total -= 1
@@ -169,6 +179,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _greet(self) -> None:
         if not self._closed and self.core is not None:
+            self._arm_timer()  # the first command's T starts with the greeting
             self._act(self.core.greet())
 
     def _act(self, events: list[Event]) -> None:
@@ -179,10 +190,7 @@ class SmtpProtocol(asyncio.Protocol):
             if isinstance(ev, SendBytes):
                 self.transport.write(ev.data)
             elif isinstance(ev, CloseConnection):
-                self._closed = True
-                if self._timer is not None:
-                    self._timer.cancel()
-                self.transport.close()
+                self._close_transport()
             elif isinstance(ev, StartTls):
                 self._pause("tls")
                 self._spawn(self._start_tls())
@@ -202,9 +210,22 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _resume(self, why: str) -> None:
         self._paused.discard(why)
+        if why != "writing":  # the queue or the handshake answered: a new request begins
+            self._arm_timer()
         if not self._paused and not self._closed and self.transport is not None:
             self.transport.resume_reading()
-            self._arm_timer()
+
+    def _close_transport(self) -> None:
+        assert self.transport is not None
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if "writing" in self._paused:  # it does not read: what we wrote would never flush
+            self.transport.abort()
+            return
+        self.transport.close()  # flushes first; a peer that never reads is aborted later
+        self._linger = asyncio.get_running_loop().call_later(
+            self.listener.policy.timeoutsmtpd, self.transport.abort)
 
     async def _submit(self, msg: MessageReady) -> None:
         lst, core = self.listener, self.core
@@ -254,13 +275,29 @@ class SmtpProtocol(asyncio.Protocol):
         if early:
             self.data_received(early)
 
-    # ----- per-read deadline (timeoutsmtpd) --------------------------------------------
+    # ----- deadlines (timeoutsmtpd; see the module docstring) ----------------------------
+    # One deadline and one lazily pushed timer per connection. The deadline never moves
+    # earlier: it is always at most now + T, and each update takes at least the old value.
 
     def _arm_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + self.listener.policy.timeoutsmtpd
-        if self._timer is None:  # one timer per connection, pushed back lazily
-            self._timer = loop.call_at(self._deadline, self._check_deadline)
+        self._set_deadline(asyncio.get_running_loop().time() + self.listener.policy.timeoutsmtpd)
+
+    def _note_progress(self, before: State, nbytes: int, newline: bool) -> None:
+        """Push the deadline back for a complete command line, or by the DATA rate."""
+        if self._closed or self.core is None:
+            return
+        policy = self.listener.policy
+        now = asyncio.get_running_loop().time()
+        if before is State.DATA and self.core.state is State.DATA:
+            self._set_deadline(min(now + policy.timeoutsmtpd,
+                                   self._deadline + nbytes / policy.min_data_rate))
+        elif newline:
+            self._set_deadline(now + policy.timeoutsmtpd)
+
+    def _set_deadline(self, when: float) -> None:
+        self._deadline = when
+        if self._timer is None and not self._closed:
+            self._timer = asyncio.get_running_loop().call_at(when, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._timer = None
@@ -272,7 +309,9 @@ class SmtpProtocol(asyncio.Protocol):
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._check_deadline)
             return
-        self._act(self.core.timed_out())
+        if "writing" in self._paused:
+            log.info("dropping %s: it does not read its replies", self.ip)
+        self._act(self.core.timed_out())  # CloseConnection aborts when writing is paused
 
 
 async def open_smtp_server(host: str, port: int, *, policy: SmtpPolicy, submit: Submit,

@@ -2,9 +2,9 @@
 
 What it does: one frozen value holds everything ``mta.smtp.server`` and the
 transport ``mta.smtpd`` need to decide about a client: our name and greeting,
-``databytes``, ``timeoutsmtpd``, ``rcpthosts``, the ``smtpaccess`` rules, the
-local-domain and recipient-exists callables, and the caps that keep one client
-or many from holding the server. ``SmtpPolicy.from_control`` builds it from a
+``databytes``, ``timeoutsmtpd``, ``smtpgreetdelay``, ``rcpthosts``, the
+``smtpaccess`` rules, the local-domain and recipient-exists callables, and the caps
+that keep one client or many from holding the server. ``SmtpPolicy.from_control`` builds it from a
 loaded ``mta.control.Control``.
 
 Public: ``SmtpPolicy``.
@@ -43,7 +43,7 @@ class SmtpPolicy:
     greeting: str = ""  # control/smtpgreeting; "" = me
     localiphost: str = ""  # replaces a local [IP] literal; "" = me
     databytes: int = 0  # 0 = no configured limit (max_message_bytes still applies)
-    timeoutsmtpd: float = 1200.0  # seconds to wait for each read
+    timeoutsmtpd: float = 1200.0  # seconds to wait for each command line (mta.smtpd)
     rcpthosts: tuple[str, ...] | None = None
     access: AccessRules = DEFAULT_RULES
     local_ips: frozenset[str] = frozenset()  # our own addresses, besides the socket's
@@ -53,7 +53,8 @@ class SmtpPolicy:
     max_errors: int = 20  # Postfix smtpd_hard_error_limit
     max_connections: int = 1000
     max_per_ip: int = 50
-    greet_delay: float = 0.0  # seconds; input arriving before the greeting is an early talker
+    greet_delay: float = 0.0  # control/smtpgreetdelay; input before the greeting is an early talker
+    min_data_rate: float = 500.0  # bytes/s a DATA client must keep up (Postfix smtpd_min_data_rate)
 
     def rcpt_domain_allowed(self, domain: str) -> bool:
         """May a client that may not relay send to ``domain``? (rcpthosts, or local only)"""
@@ -80,4 +81,5 @@ class SmtpPolicy:
         return cls(me=control.me, is_local_domain=is_local, rcpt_exists=rcpt_exists,
                    greeting=control.smtpgreeting, localiphost=control.localiphost,
                    databytes=control.databytes, timeoutsmtpd=float(control.timeoutsmtpd),
-                   rcpthosts=rcpthosts, access=access, **caps)
+                   greet_delay=control.smtpgreetdelay, rcpthosts=rcpthosts, access=access,
+                   **caps)
