@@ -4,7 +4,9 @@ Run by the scheduler as ``python -m mta.lspawn --root DIR``; reads jobs on stdin
 writes K/Z/D results on stdout (protocol in ``mta.send.spawn``). Each recipient is
 delivered by ``mta.local.deliver_local`` through the dot-qmail files in ``alias/``,
 at most ``concurrencylocal`` at once (a thread each: deliveries wait on disks and
-programs, not on the CPU).
+programs, not on the CPU); the others wait in arrival order. A reload request (the
+scheduler's SIGHUP) re-reads the control files: a new ``concurrencylocal`` applies
+at once, counting the deliveries already running (a bad file keeps the old values).
 
 Forwards found in dot-qmail files are injected through the queue
 (``mta.queue.enqueue``) with the original sender, as qmail-local does through
@@ -19,10 +21,11 @@ import argparse
 import asyncio
 import os
 import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mta.control import load_control
+from mta.control import ControlError, load_control
 from mta.interfaces import Delivered, PermFail
 from mta.local import LocalJob, deliver_local
 from mta.privsep import drop_to
@@ -35,8 +38,26 @@ class LocalWorker:
     def __init__(self, root: Path):
         self.root = root
         self.ctl = load_control(root)
-        self.pool = ThreadPoolExecutor(max(1, self.ctl.concurrencylocal))
+        self.limit = max(1, self.ctl.concurrencylocal)
+        self.pool = ThreadPoolExecutor(self.limit)
+        self.waiting: deque[tuple] = deque()  # (msg, sender, rid, addr, local) not started yet
+        self.running: set[asyncio.Future] = set()
         self.out = sys.stdout.buffer
+
+    def reload(self) -> None:
+        try:
+            self.ctl = load_control(self.root)
+        except ControlError as e:
+            sys.stderr.write("alert: local worker: unable to reread controls, keeping"
+                             f" the old ones: {e}\n")
+            return
+        limit = max(1, self.ctl.concurrencylocal)
+        if limit > self.limit:  # more threads: a new pool; the old one ends with its deliveries
+            self.pool.shutdown(wait=False)
+            self.pool = ThreadPoolExecutor(limit)
+        self.limit = limit
+        sys.stderr.write(f"local worker: concurrencylocal now {limit}\n")
+        self._start_waiting()
 
     def _inject(self, sender: str, recipients, message: bytes) -> None:
         inject(self.root, sender, list(recipients), message)
@@ -61,25 +82,30 @@ class LocalWorker:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        pending: set[asyncio.Future] = set()
         try:
-            async for job in read_jobs(reader):
-                for rid, addr, local in job["r"]:
-                    fut = loop.run_in_executor(self.pool, self._deliver, job["m"], job["s"],
-                                               rid, addr, local)
-                    fut.add_done_callback(self._done)
-                    pending.add(fut)
-                    fut.add_done_callback(pending.discard)
+            async for job in read_jobs(reader, on_reload=self.reload):
+                self.waiting.extend((job["m"], job["s"], rid, addr, local)
+                                    for rid, addr, local in job["r"])
+                self._start_waiting()
         except SchedulerGone:
             sys.stderr.write("alert: local worker: scheduler gone; exiting\n")
             os._exit(111)
-        if pending:
-            await asyncio.wait(list(pending))
+        while self.running:  # a stop request: finish what we hold, the waiting ones too
+            await asyncio.wait(list(self.running))
         self.pool.shutdown()
 
+    def _start_waiting(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.waiting and len(self.running) < self.limit:
+            fut = loop.run_in_executor(self.pool, self._deliver, *self.waiting.popleft())
+            self.running.add(fut)
+            fut.add_done_callback(self._done)
+
     def _done(self, fut: asyncio.Future) -> None:
+        self.running.discard(fut)
         self.out.write(encode_results([fut.result()]))
         self.out.flush()
+        self._start_waiting()
 
 
 def main(argv: list[str] | None = None) -> None:

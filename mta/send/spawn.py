@@ -8,6 +8,7 @@ line:
     scheduler -> worker   {"jobs": [{"m": msg, "s": sender, "d": [[ip, port], ...],
                                       "r": [[rcpt_id, address, local], ...]}, ...]}
     scheduler -> worker   {"flush": 1}  forget which hosts looked down (``mta flush``)
+    scheduler -> worker   {"reload": 1} re-read the control files (SIGHUP)
     scheduler -> worker   {"stop": 1}   then end of input: finish what you hold, exit
     worker -> scheduler   {"res": [[rcpt_id, "K"|"Z"|"D", text, dsn], ...]}
 
@@ -22,8 +23,8 @@ the worker would still deliver, and a restarted scheduler hands the same rows ou
 again, so the worker exits at once (``read_jobs`` raises ``SchedulerGone``) rather
 than deliver them a second time in parallel (security matrix QF10).
 
-Public: WorkerProcess (start, send_jobs, results(), stop), encode_results,
-read_jobs(reader) (worker side), SchedulerGone.
+Public: WorkerProcess (start, send_jobs, send_flush, send_reload, results(), stop),
+encode_results, read_jobs(reader, on_flush, on_reload) (worker side), SchedulerGone.
 A worker that dies is reported by ``results()`` ending; the scheduler then forgets
 what it had in flight there (it is fetched again: at least once, never lost).
 """
@@ -49,15 +50,17 @@ class SchedulerGone(Exception):
     """The worker's input ended without a stop request: its scheduler is dead."""
 
 
-async def read_jobs(reader: asyncio.StreamReader, on_flush=None) -> AsyncIterator[dict]:
+async def read_jobs(reader: asyncio.StreamReader, on_flush=None,
+                    on_reload=None) -> AsyncIterator[dict]:
     """Worker side: yield each job until a stop request; SchedulerGone on a bare EOF."""
     while line := await reader.readline():
         msg = json.loads(line)
         if msg.get("stop"):
             return
-        if msg.get("flush"):
-            if on_flush is not None:
-                on_flush()
+        if msg.get("flush") or msg.get("reload"):
+            callback = on_flush if msg.get("flush") else on_reload
+            if callback is not None:
+                callback()
             continue
         for job in msg["jobs"]:
             yield job
@@ -86,8 +89,14 @@ class WorkerProcess:
         self.proc.stdin.write(json.dumps({"jobs": jobs}, separators=(",", ":")).encode() + b"\n")
 
     def send_flush(self) -> None:
+        self._send_control(b'{"flush":1}\n')
+
+    def send_reload(self) -> None:
+        self._send_control(b'{"reload":1}\n')
+
+    def _send_control(self, line: bytes) -> None:
         if self.alive and self.proc.stdin and not self.proc.stdin.is_closing():
-            self.proc.stdin.write(b'{"flush":1}\n')
+            self.proc.stdin.write(line)
 
     async def drain(self) -> None:
         assert self.proc and self.proc.stdin

@@ -6,7 +6,9 @@ local and N remote worker processes (``mta.send.spawn``) and restarts a worker t
 dies, after putting what it had in flight back to due (delivered again: possibly a
 duplicate, never lost); it maps qmail-send's signals (ALRM: everything deferred
 is due now and the workers forget hosts marked down; HUP: re-read control files,
-keeping the old ones if a file is bad; TERM/INT: stop); it reads the
+keeping the old ones if a file is bad, and ask the local worker to do the same (it
+applies a new ``concurrencylocal``; remote workers keep their connection counts
+until restarted); TERM/INT: stop); it reads the
 ``queue/lock/trigger`` FIFO that injections poke; and it shuts everything down in
 order (workers finish, results are committed, the log is closed).
 
@@ -110,6 +112,7 @@ class Supervision:
             return
         self.router = Router(self.ctl, timeout=self.dns_timeout, local_ips=self.local_ips)
         self.bouncer.ctl = self.ctl
+        self.local.send_reload()  # concurrencylocal; remote workers keep theirs until restarted
         self._want_pass()
 
     def _on_term(self) -> None:
