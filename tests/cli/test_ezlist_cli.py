@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.ezlist_cmd import main
-from ezlist import fanout, status
-from ezlist.listdir import load_list
+from ezlist import deliver, fanout, returns, status
+from ezlist.listdir import ListOptions, load_list
 from mta.instance import init_instance
 from mta.queue import open_queue
 
@@ -115,3 +115,101 @@ def test_bounces_and_moderate_expire(root):
     assert "a@x.test bouncing bounces=1" in run(root, "bounces", "news")
     assert "sent 1 bounce notices" in run(root, "moderate-expire", "news")
     assert "a@x.test warned" in run(root, "bounces", "news")
+
+
+# ezlist make option -> (file in lists/NAME/, its contents; None = an empty flag file)
+MAKE_OPTIONS = [
+    (["--moderated"], "modpost", None),
+    (["--subscribers-only"], "subonly", None),
+    (["--moderate-subscriptions"], "modsub", None),
+    (["--trailer", "-- \nnews, weekly\n"], "text/trailer", "-- \nnews, weekly\n"),
+    (["--unsubscribe-url", "https://lists.test/u"], "unsuburl", "https://lists.test/u\n"),
+    (["--prefix", "[news #]"], "prefix", "[news #]\n"),
+    (["--max-size", "5000"], "msgsize", "5000:0\n"),
+]
+
+
+@pytest.mark.parametrize("args, name, text", MAKE_OPTIONS, ids=[a[0] for a, _, _ in MAKE_OPTIONS])
+def test_make_option_writes_its_list_file(root, args, name, text):
+    run(root, "make", "plain@lists.test")
+    run(root, "make", "news@lists.test", *args)
+    plain, news = root / "lists" / "plain", root / "lists" / "news"
+    if text is None:
+        assert (news / name).read_bytes() == b"" and not (plain / name).exists()
+    else:
+        assert (news / name).read_text() == text
+        assert not (plain / name).exists() or (plain / name).read_text() != text
+
+
+def test_make_private_removes_the_public_flag(root):
+    run(root, "make", "plain@lists.test")
+    run(root, "make", "news@lists.test", "--private")
+    assert (root / "lists" / "plain" / "public").exists()
+    assert not (root / "lists" / "news" / "public").exists()
+    assert not load_list(root, "news").options.public
+
+
+def test_make_all_options_then_edit_them_back(root):
+    run(root, "make", "news@lists.test", "--private",
+        *[word for args, _, _ in MAKE_OPTIONS for word in args])
+    assert load_list(root, "news").options == ListOptions(
+        moderated=True, subscribers_only=True, moderate_subscriptions=True, public=False,
+        trailer="-- \nnews, weekly\n", unsubscribe_url="https://lists.test/u",
+        prefix="[news #]", max_message_size=5000)
+    assert "edited news@lists.test" in run(
+        root, "edit", "news", "--not-moderated", "--anyone-may-post", "--open-subscriptions",
+        "--public", "--trailer", "", "--unsubscribe-url", "", "--prefix", "", "--max-size", "0")
+    news = root / "lists" / "news"
+    for flag in ("modpost", "subonly", "modsub", "text/trailer"):
+        assert not (news / flag).exists(), flag
+    assert (news / "public").exists()
+    assert [(news / f).read_text() for f in ("unsuburl", "prefix", "msgsize")] == \
+        ["\n", "\n", "0:0\n"]
+    assert load_list(root, "news").options == ListOptions()
+    run(root, "edit", "news", "--moderated", "--prefix", "[n]")  # edit sets them, too
+    news_opts = load_list(root, "news").options
+    assert news_opts.moderated and news_opts.prefix == "[n]" and news_opts.public
+
+
+def test_unsub_reads_addresses_from_stdin(root):
+    run(root, "make", "news@lists.test")
+    run(root, "sub", "news", "a@x.test", "b@y.test", "c@z.test", "d@z.test")
+    out = run(root, "unsub", "news", input="a@x.test\n\n  b@Y.TEST  \nnobody@x.test\nbad\nd@z.test")
+    assert "removed 3, unchanged 1, invalid 1" in out
+    assert run(root, "list", "news") == "c@z.test\n"
+
+
+def _bounce(cfg, root, local, now):
+    env = {"MTA_ROOT": str(root), "SENDER": "", "LOCAL": local}
+    reply = deliver.run(cfg.path, env, b"Subject: failure notice\n\n550 no\n", now)
+    assert reply.code == 99, reply.text
+    return reply
+
+
+def _notice_sender(root, since):
+    conn = open_queue(root)
+    try:
+        row = conn.execute("SELECT sender FROM messages WHERE id > ? ORDER BY id DESC",
+                           (since,)).fetchone()
+        return row[0].rpartition("@")[0], conn.execute("SELECT max(id) FROM messages").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_bounces_shows_a_removed_address_with_its_reason(root):
+    run(root, "make", "news@lists.test", "--bounce-timeout", "100", "--bounce-threshold", "1")
+    run(root, "sub", "news", "dora@d.test", "stay@d.test")
+    cfg = load_list(root, "news")
+    t = 1_700_000_000
+    _bounce(cfg, root, "news-return-3-dora=d.test", t)
+    assert returns.send_due_notices(cfg, root, t + 150, force=True) == 1
+    warn, last = _notice_sender(root, 0)
+    assert warn.startswith("news-return-warn-")
+    _bounce(cfg, root, warn, t + 151)
+    assert returns.send_due_notices(cfg, root, t + 300, force=True) == 1
+    probe, _ = _notice_sender(root, last)
+    assert probe.startswith("news-return-probe-")
+    assert "removed" in _bounce(cfg, root, probe, t + 301).text
+    shown = run(root, "bounces", "news").splitlines()
+    assert shown == [f"dora@d.test removed at={t + 301} reason=bounce probe bounced"]
+    assert run(root, "list", "news") == "stay@d.test\n"

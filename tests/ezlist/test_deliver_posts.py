@@ -12,6 +12,7 @@ import json
 import pytest
 
 from ezlist import moderate, returns
+from ezlist.archive import current_number
 
 from tests.ezlist.listenv import ListEnv
 
@@ -58,6 +59,28 @@ def test_post_with_our_delivered_to_is_refused(tmp_path):
     reply = env.deliver("news", "alice@a.test", looped)
     assert reply.code == 100 and "(#5.4.6)" in reply.text
     assert env.take() == []
+
+
+@pytest.mark.parametrize("field", [
+    b"Mailing-List: contact news-help@lists.local.test; run by ezlist",
+    b"mailing-list: contact NEWS-help@Lists.Local.Test",  # any case, any wording around it
+    b"Mailing-List:\n contact news-help@lists.local.test; run by ezlist",  # folded
+])
+def test_lp4_post_with_our_mailing_list_field_is_refused(tmp_path, field):
+    env = ListEnv(tmp_path, archived=True)
+    env.subscribe("alice@a.test", "bob@b.test")
+    reply = env.deliver("news", "alice@a.test", field + b"\n" + POST)
+    assert reply.code == 100, reply.text
+    assert "my Mailing-List line (#5.4.6)" in reply.text
+    assert env.take() == []  # nothing queued: no fan-out, no notice
+    assert current_number(env.cfg.path) == 0  # not numbered, archived or recorded
+    assert list((env.cfg.path / "archive").iterdir()) == []
+    assert not (env.cfg.path / "sends").exists()
+    # another list's Mailing-List field is no loop: that post goes out
+    other = b"Mailing-List: contact other-help@else.test\n" + POST
+    assert env.deliver("news", "alice@a.test", other).code == 0
+    [post] = env.take()
+    assert sorted(post.rcpts) == ["alice@a.test", "bob@b.test"]
 
 
 def test_subscribers_only_refuses_non_subscribers(tmp_path):
