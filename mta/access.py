@@ -22,6 +22,11 @@ no rule matches is allowed. Without the file, ``DEFAULT_RULES`` apply: 127.0.0.1
 and ::1 may relay, everyone else is allowed. IPv4-mapped IPv6 client addresses
 (``::ffff:192.0.2.1``) are looked up as their IPv4 address.
 
+``control/qmqpaccess`` (who may hand mail to the QMQP listener and query the
+progress endpoint) has the same format with two differences, because QMQP relays to
+any destination: without the file only loopback clients (127.0.0.0/8, ::1) are
+allowed (``LOOPBACK_ONLY``), and a client no rule matches is denied (fail closed).
+
 Public: ``Action``, ``AccessRules`` (``.lookup(ip) -> Action``), ``parse_access(text,
 name)``, ``load_access(root)``, ``DEFAULT_RULES``, ``AccessError``.
 
@@ -132,12 +137,19 @@ LOOPBACK_ONLY = AccessRules(
 )
 
 
+# Files whose unmatched clients are refused. QMQP relays to any destination, so its
+# allow-list fails closed (DESIGN.md decision 4); smtpaccess lets unmatched clients in.
+FAIL_CLOSED = frozenset({"qmqpaccess"})
+
+
 def load_access(root: Path | str, name: str = "smtpaccess",
                 default: AccessRules = DEFAULT_RULES) -> AccessRules:
     """Rules from ``ROOT/control/NAME``, or ``default`` without the file.
 
     ``load_access(root, "qmqpaccess", LOOPBACK_ONLY)`` gives the QMQP (and progress
-    endpoint) rules: without the file, only loopback clients may hand over mail.
+    endpoint) rules: without the file, only loopback clients may hand over mail;
+    with it, only the clients an ``allow`` (or ``relay``) rule names (a client no
+    rule matches is denied, as if the file ended in ``:deny``).
     """
     path = Path(root) / "control" / name
     try:
@@ -146,4 +158,7 @@ def load_access(root: Path | str, name: str = "smtpaccess",
         return default
     except (OSError, UnicodeDecodeError) as e:
         raise AccessError(f"control/{name}", 0, f"unable to read: {e}") from e
-    return parse_access(text, f"control/{name}")
+    rules = parse_access(text, f"control/{name}")
+    if name in FAIL_CLOSED:
+        rules = AccessRules(rules.rules + ((None, Action.DENY),))
+    return rules
