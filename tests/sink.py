@@ -9,7 +9,8 @@ sessions (and the peak), and can be told to misbehave:
 - ``rcpt_reply={address: "550 no such user"}``: a chosen reply to RCPT;
 - ``hang_after_354=True``: stop answering after the 354 (RD2);
 - ``delay=seconds``: wait before each reply to the final dot (the message counts as
-  received when the dot arrives, even if the client vanishes during the wait);
+  received when the dot arrives, even if the client vanishes during the wait; its
+  ``acked`` says whether the 250 was sent);
 - ``greeting="421 busy"``: the greeting line (then the session ends if not 2xx);
 - ``mail_reply="451 later"``: a chosen reply to MAIL;
 - ``drop_in_data=True``: close the connection halfway through the message text;
@@ -36,6 +37,7 @@ class Received:
     rcpts: list
     data: bytes
     at: float = 0.0  # time.monotonic() when the final dot arrived
+    acked: bool = False  # the sink answered 250 to the dot (False: the client left first)
 
 
 class SessionGroup:
@@ -237,11 +239,13 @@ class Sink:
                     await reader.read(1)
                     return
                 data = await reader.readuntil(b"\r\n.\r\n")
+                got = Received(sender, rcpts, data[:-3], time.monotonic())
                 with self._lock:
-                    self.messages.append(Received(sender, rcpts, data[:-3], time.monotonic()))
+                    self.messages.append(got)
                 if self.delay and not await self._wait_reply_delay(reader):
                     return
                 self._release(held)
+                got.acked = True
                 w(b"250 ok queued\r\n")
                 sender, rcpts = None, []
             elif verb == "RSET":

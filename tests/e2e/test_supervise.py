@@ -2,10 +2,14 @@
 
 SIGKILL of the SMTP listener: restarted within 5 s, messages acknowledged before
 the kill delivered. SIGHUP: a new rcpthosts applies to new connections; a broken
-control file keeps the old configuration and logs an alert. SIGTERM: clean exit,
-a deferred message survives and is delivered after the restart. LO1 through the
-whole system: 500 idle connections from 50 source addresses leave room for a new
-client's full transaction.
+control file keeps the old configuration and logs an alert; the scheduler re-reads
+smtproutes (a dead route replaced by a live sink, then ``mta flush`` delivers).
+SIGTERM: clean exit, a deferred message survives and is delivered after the
+restart; a delivery stalled at the receiving sink after the final dot ends
+delivered if the sink answers 250 within the workers' stop window, else it stays
+queued (never marked delivered without the 250) and is delivered after the
+restart. LO1 through the whole system: 500 idle connections from 50 source
+addresses leave room for a new client's full transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import smtplib
 import socket
 import time
 
-from conftest import wait_until
+import pytest
+
+from conftest import free_port, wait_until
+from sink import Sink
 
 BODY = "Subject: {n}\r\nMessage-ID: <{n}@t.example>\r\n\r\nbody {n}\r\n"
 
@@ -166,3 +173,54 @@ def test_scheduler_and_queue_owner_sigkill_restarted_mail_flows(system):
         send_until_accepted(system.port, "alice@local.test", n, 15)
     system.wait_until(lambda: len(box) == 2, 20, "both messages delivered")
     system.wait_empty()
+
+
+@pytest.mark.parametrize("stall, ends", [(2.0, "delivered"), (40.0, "queued")])
+def test_sigterm_with_a_delivery_stalled_at_the_sink_loses_nothing(system, stall, ends):
+    """The remote worker gets 10 s to finish at SIGTERM: a 2 s stall ends, a 40 s one does not."""
+    with Sink("127.0.1.2", delay=stall) as sink:
+        system.control("smtproutes", f":127.0.1.2:{sink.port}\n")
+        system.start()
+        send(system.port, "carol@remote.example", 1)
+        sink.wait_until(lambda: sink.holding == 1, 30, "the delivery to stall after the dot")
+        assert system.stop(60) == 0
+        (first,) = sink.messages
+        left = system.queue()
+        if ends == "delivered":
+            assert first.acked and left == []
+        else:
+            assert not first.acked, "the sink answered before the worker was stopped"
+            assert [m["recipients"]["pending"] + m["recipients"]["deferred"] for m in left] == [1]
+        sink.delay = 0.0
+        system.start()
+        system.flush()
+        system.wait_empty()
+        assert [m.acked for m in sink.messages] == ([True] if ends == "delivered" else [False, True])
+        assert all(b"Subject: 1\r\n" in m.data for m in sink.messages)
+
+
+def flush_until(system, predicate, timeout: float, what: str) -> None:
+    """``mta flush`` until ``predicate`` holds: SIGHUP and the flush's SIGALRM race."""
+    deadline = time.monotonic() + timeout
+    while True:
+        system.flush()
+        try:
+            return wait_until(predicate, 2, what)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_sighup_makes_the_scheduler_reread_smtproutes(system):
+    dead = free_port("127.0.1.3")  # bound and closed again: connections are refused
+    system.control("smtproutes", f":127.0.1.3:{dead}\n")
+    system.start()
+    send(system.port, "dave@remote.example", 1)
+    system.wait_until(lambda: any(m["recipients"]["deferred"] for m in system.queue()), 30,
+                      "a deferral on the dead route")
+    with Sink("127.0.1.4") as sink:
+        system.control("smtproutes", f":127.0.1.4:{sink.port}\n")
+        system.proc.send_signal(signal.SIGHUP)
+        flush_until(system, lambda: sink.rcpt_count() == 1, 20, "delivery on the new route")
+        system.wait_empty()
+    assert sink.messages[0].rcpts == ["dave@remote.example"]
