@@ -16,19 +16,33 @@ Messages/s is messages / wall time of smtp-source. CPU per message is the CPU ti
 (user+system) of the server processes (for Postfix: master and every descendant,
 exited children counted through their parent's cutime/cstime), smtp-source excluded.
 Runs alternate (ours, postfix, ours, ...) so machine noise hits both alike.
+Every run checks that every message was accepted: ours counts the rows in queue.db
+(``queued == n`` or the benchmark fails); Postfix's smtp-source fails on any non-2xx
+reply. The 1-minute load average is recorded before each run.
 
     sudo .venv/bin/python benchmarks/smtp_ingress_vs_postfix.py [--messages 5000] [--runs 3]
+        [--json benchmarks/results/ingress.json] [--profile DIR]
 
-Needs root for Postfix (``--skip-postfix`` otherwise). Leaves Postfix stopped.
+``--json`` writes the per-run figures, the medians, the exact command and the git
+commit. ``--profile DIR`` records our listener and queue owner with py-spy (if
+installed: ``.venv/bin/pip install py-spy``) during each of our runs, as raw
+collapsed stacks in DIR (profiling costs CPU: do not quote the rates of such a run).
+
+Needs root for Postfix (``--skip-postfix`` otherwise). As root, our instance is made
+with ``--no-privsep`` when privilege separation cannot work (a Python under a folder
+the role users cannot reach); the same processes do the same work, all as root.
+Leaves Postfix stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
 import sqlite3
+import signal
 import statistics
 import subprocess
 import sys
@@ -104,11 +118,39 @@ def smtp_source(port: int, n: int, sessions: int, size: int) -> float:
     return time.perf_counter() - t
 
 
-def run_ours(n: int, sessions: int, size: int) -> dict:
+def make_instance(root: Path) -> None:
+    cmd = [str(Path(PY).parent / "mta"), "--root", str(root), "init", "--me", "local.test"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if p.returncode != 0 and "--no-privsep" in p.stderr:
+        p = subprocess.run(cmd + ["--no-privsep"], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise SystemExit(f"mta init failed: {p.stderr.strip()[-400:]}")
+
+
+def start_profilers(pids: dict[str, int], prof_dir: Path | None, tag: str) -> list:
+    if prof_dir is None:
+        return []
+    spy = Path(PY).parent / "py-spy"
+    prof_dir.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "250",
+                              *(["--native"] if os.environ.get("SPY_NATIVE") else ["--nonblocking"]), "--pid", str(pid),
+                              "--output", str(prof_dir / f"{tag}-{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in pids.items()]
+
+
+def stop_profilers(procs: list) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        p.wait(60)
+
+
+def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
+             tag: str = "") -> dict:
     base = Path(tempfile.mkdtemp(prefix="ingress-", dir="/var/tmp"))
     root = base / "inst"
-    subprocess.run([str(Path(PY).parent / "mta"), "--root", str(root), "init", "--me",
-                    "local.test"], check=True, capture_output=True)
+    make_instance(root)
     (root / "alias" / ".qmail-u").write_text("./Maildir/\n")
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -120,11 +162,15 @@ def run_ours(n: int, sessions: int, size: int) -> dict:
                                  f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL)
     try:
         wait_smtp(port)
+        spies = start_profilers({"listen": listener.pid, "queued": owner.pid}, prof_dir, tag)
         before = cpu_snapshot([owner.pid, listener.pid])
         wall = smtp_source(port, n, sessions, size)
         cpu = cpu_delta(before, cpu_snapshot([owner.pid, listener.pid]))
+        stop_profilers(spies)
         with sqlite3.connect(root / "queue" / "queue.db") as db:
             queued = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        if queued != n:
+            raise SystemExit(f"ours: smtp-source sent {n} messages but {queued} are queued")
     finally:
         for p in (listener, owner):
             p.terminate()
@@ -179,7 +225,7 @@ def setup_postfix(port: int) -> None:
     subprocess.run(["postfix", "-c", str(PF_DIR), "check"], check=True)
 
 
-def run_postfix(n: int, sessions: int, size: int) -> dict:
+def run_postfix(n: int, sessions: int, size: int, prof_dir=None, tag: str = "") -> dict:
     port = free_port()
     setup_postfix(port)
     subprocess.run(["postfix", "-c", str(PF_DIR), "start"], check=True, capture_output=True)
@@ -194,6 +240,26 @@ def run_postfix(n: int, sessions: int, size: int) -> dict:
     return {"wall": wall, "cpu": cpu, "queued": n}
 
 
+def git_commit() -> str:
+    p = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                       text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "mta",
+                            "benchmarks/smtp_ingress_vs_postfix.py"],
+                           capture_output=True, text=True).stdout.strip()
+    return p.stdout.strip() + (" (+uncommitted changes in mta/)" if dirty else "")
+
+
+def summary(results: dict[str, list[dict]], n: int) -> dict:
+    out = {}
+    for name, runs in results.items():
+        if runs:
+            out[name] = {"msg_per_s": statistics.median(n / x["wall"] for x in runs),
+                         "cpu_ms_per_msg": statistics.median(x["cpu"] / n * 1000 for x in runs)}
+    if "ours" in out and "postfix" in out:
+        out["ratio"] = out["ours"]["msg_per_s"] / out["postfix"]["msg_per_s"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=5000)
@@ -201,26 +267,38 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-postfix", action="store_true")
+    ap.add_argument("--json", type=Path, help="write raw figures, command and commit here")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="py-spy raw stacks of our two processes, one file a run")
     a = ap.parse_args()
     results: dict[str, list[dict]] = {"ours": [], "postfix": []}
     for r in range(a.runs):
         for name, fn in (("ours", run_ours), ("postfix", run_postfix)):
             if name == "postfix" and a.skip_postfix:
                 continue
-            res = fn(a.messages, a.sessions, a.size)
+            load = os.getloadavg()[0]
+            res = fn(a.messages, a.sessions, a.size, a.profile, f"run{r + 1}")
+            res.update(run=r + 1, load1=load, msg_per_s=a.messages / res["wall"],
+                       cpu_ms_per_msg=res["cpu"] / a.messages * 1000)
             results[name].append(res)
-            print(f"run {r + 1} {name:8s} {a.messages / res['wall']:7.0f} msg/s"
-                  f"  {res['cpu'] / a.messages * 1000:6.2f} ms CPU/msg"
-                  f"  ({res['wall']:.1f}s, {res['queued']} queued)", flush=True)
-    for name, runs in results.items():
-        if runs:
-            rate = statistics.median(a.messages / x["wall"] for x in runs)
-            cpu = statistics.median(x["cpu"] / a.messages * 1000 for x in runs)
-            print(f"median {name:8s} {rate:7.0f} msg/s  {cpu:6.2f} ms CPU/msg")
-    if results["postfix"]:
-        ratio = (statistics.median(a.messages / x["wall"] for x in results["ours"])
-                 / statistics.median(a.messages / x["wall"] for x in results["postfix"]))
-        print(f"ratio ours/postfix: {ratio:.2f}x")
+            print(f"run {r + 1} {name:8s} {res['msg_per_s']:7.0f} msg/s"
+                  f"  {res['cpu_ms_per_msg']:6.2f} ms CPU/msg"
+                  f"  ({res['wall']:.1f}s, {res['queued']} queued, load {load:.2f})", flush=True)
+    med = summary(results, a.messages)
+    for name in ("ours", "postfix"):
+        if name in med:
+            print(f"median {name:8s} {med[name]['msg_per_s']:7.0f} msg/s"
+                  f"  {med[name]['cpu_ms_per_msg']:6.2f} ms CPU/msg")
+    if "ratio" in med:
+        print(f"ratio ours/postfix: {med['ratio']:.2f}x")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({
+            "command": " ".join([Path(PY).name and ".venv/bin/python", *sys.argv]),
+            "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                              time.gmtime()),
+            "messages": a.messages, "sessions": a.sessions, "size": a.size,
+            "runs": results, "median": med}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

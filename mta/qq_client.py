@@ -19,7 +19,8 @@ Public:
     QqError(temporary, text, exit_code)         a refusal or a failure to talk
     submit_sync(path, sender, recipients, message, timeout=...) -> int
     QqClient(path, *, connect_wait=5.0, timeout=600.0): ``await submit(...)`` -> id;
-        one pipelined connection, re-opened on demand; ``close()``
+        one pipelined connection, re-opened on demand; the requests made in one
+        event-loop iteration are sent in one write; ``close()``
     may_write_queue(root) -> bool               can this process write the queue itself?
     inject(root, sender, recipients, message) -> int
         the way in for our own components (local delivery's forwards, the list
@@ -123,9 +124,22 @@ class _ReplyProtocol(asyncio.Protocol):
         self.decoder = NetstringDecoder(REPLY_LIMIT)
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self._out: list[bytes] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+
+    def send(self, pieces: list[bytes]) -> None:
+        """Queue a request; every request of this loop iteration goes in one write,
+        so sessions finishing DATA together wake the queue owner once."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += pieces
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if not self.lost and not self.transport.is_closing():
+            self.transport.writelines(out)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -152,6 +166,12 @@ class _ReplyProtocol(asyncio.Protocol):
                 fut.set_exception(QqError(True, text, 81))
 
 
+def _time_out(fut: asyncio.Future, proto: _ReplyProtocol) -> None:
+    if not fut.done():
+        fut.set_exception(QqError(True, "the queue owner did not answer in time", 81))
+        proto.transport.close()  # replies would no longer match their requests
+
+
 class QqClient:
     """An asyncio client with one pipelined connection, for a listener process."""
 
@@ -164,14 +184,17 @@ class QqClient:
     async def submit(self, sender: str, recipients: Iterable[str], message: bytes) -> int:
         """Queue one message; return its id once it is durable, else raise QqError."""
         proto = await self._connection()
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         proto.waiting.append(fut)
-        proto.transport.writelines(encode_request(sender, recipients, message))
+        proto.send(encode_request(sender, recipients, message))
+        # A plain timer rather than asyncio.wait_for: no extra task or callbacks per
+        # message on the listener's hot path.
+        timer = loop.call_later(self.timeout, _time_out, fut, proto)
         try:
-            payload = await asyncio.wait_for(fut, self.timeout)
-        except asyncio.TimeoutError:
-            proto.transport.close()  # replies would no longer match their requests
-            raise QqError(True, "the queue owner did not answer in time", 81) from None
+            payload = await fut
+        finally:
+            timer.cancel()
         return parse_reply(payload)
 
     async def _connection(self) -> _ReplyProtocol:
