@@ -1,8 +1,11 @@
 """The ``mta`` command: instance setup, inspection, injection and the daemons.
 
 Every subcommand finds its instance from ``--root DIR``, else ``$MTA_ROOT``, else
-``./var``. Errors are printed on stderr with a non-zero exit: 100 for a permanent
-problem (bad input), 111 for a temporary one (qmail's convention).
+``./var``. Errors are printed on stderr with a non-zero exit: ``mta inject`` exits
+100 for a permanent problem (bad input) and 111 for a temporary one (qmail's
+convention); the other subcommands exit 1 on an error (click's), 2 on bad usage.
+``mta start`` and ``mta send`` refuse to start on a malformed control file, naming
+the file and the line, before anything runs.
 """
 
 from __future__ import annotations
