@@ -41,7 +41,8 @@ class Txn:
     msg: int
     sender: str
     rcpts: list  # [(rcpt_id, address)]
-    dests: list  # remaining destinations after this host: [(ip, port)]
+    dests: list  # remaining destinations after this host that this worker owns
+    onward: list = field(default_factory=list)  # then these, owned by other workers
 
 
 @dataclass(slots=True)

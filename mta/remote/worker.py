@@ -31,6 +31,11 @@ deferred for want of TLS. Each new connection tries TLS again.
 Failures: a connection that cannot be made or is turned away lowers the host's
 ceiling; when nothing to the host works the host is marked down (qmail's timeout
 table) and its transactions go to the next MX, or come back as Z (deferred). A
+worker connects only to the hosts the scheduler assigned it (a job's ``n`` first
+destinations: the scheduler keeps every IP in one worker, so ``concurrencyperhost``
+holds across workers); when those are used up and the MX list goes on, it reports
+F with the rest of the list and the scheduler hands the recipients to the worker
+owning the next host. A
 connection that dies mid-transaction reports Z for that transaction's recipients.
 A stop request asks the worker to finish what it holds and exit; a bare end of
 input (the scheduler died) makes it exit at once, dropping its connections.
@@ -117,12 +122,15 @@ class RemoteWorker:
     # -- jobs into host queues ------------------------------------------------------
     def _take_job(self, job: dict) -> None:
         dests = [tuple(d) for d in job["d"]]
+        n = job.get("n", len(dests))  # the first n are ours; the rest other workers'
+        own, onward = dests[:n], job["d"][n:]
         sender, rcpts = job["s"], job["r"]
         if is_verp(sender):
-            txns = [Txn(job["m"], verp_sender(sender, addr), [(rid, addr)], dests[1:])
+            txns = [Txn(job["m"], verp_sender(sender, addr), [(rid, addr)], own[1:], onward)
                     for rid, addr in rcpts]
         else:
-            txns = [Txn(job["m"], sender, [tuple(r) for r in rcpts[i:i + MAX_RCPTS]], dests[1:])
+            txns = [Txn(job["m"], sender, [tuple(r) for r in rcpts[i:i + MAX_RCPTS]], own[1:],
+                        onward)
                     for i in range(0, len(rcpts), MAX_RCPTS)]
         for t in txns:
             self._queue(dests[0], t)
@@ -144,10 +152,14 @@ class RemoteWorker:
         self._kick(h)
 
     def _fail_over(self, txn: Txn, outcome) -> None:
-        """Hand a transaction to its next MX, or report its outcome."""
+        """Hand a transaction to its next MX (ours, else via the scheduler), or report it."""
         if isinstance(outcome, TempFail) and txn.dests:
             nxt, txn.dests = txn.dests[0], txn.dests[1:]
             self._queue(nxt, txn)
+        elif isinstance(outcome, TempFail) and txn.onward:
+            for rid, addr in txn.rcpts:
+                self.results.append([rid, "F", outcome.reason, outcome.dsn, addr, txn.onward])
+            self.have_results.set()
         else:
             self._report(txn, [outcome] * len(txn.rcpts))
 

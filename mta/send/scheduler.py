@@ -10,8 +10,10 @@ fan-out is streamed, never loaded. Each row is routed:
 - local (``locals`` / ``virtualdomains``): to the local worker (``mta.lspawn``);
 - remote: its domain is resolved (``smtproutes`` first, else DNS; cached by TTL)
   to a list of receiving hosts, and the row goes to the remote worker that owns
-  the first host (hash of the host), so one worker holds every connection to a
-  host and can reuse them across messages and domains. At most ``per_dest`` rows
+  the first host (``mta.send.owners``: by IP), so one worker holds every connection
+  to a host, reuses them across messages and domains and alone enforces its limit;
+  when that worker's hosts fail and the MX list goes on with hosts another worker
+  owns, it answers F and the row is handed on (``_forward``). At most ``per_dest`` rows
   for one host are in flight, so a slow host cannot starve the others. Lookups
   run as tasks: the answers that come at once (cached) are dispatched together;
   a domain whose name servers are slow is dispatched when its answer comes, and
@@ -58,6 +60,7 @@ from mta.send import store
 from mta.send.bouncer import Bouncer
 from mta.send.journal import InflightJournal
 from mta.send.log import SendLog
+from mta.send.owners import Handover
 from mta.send.router import DNS_TIMEOUT, Router
 from mta.send.schedule import TOO_LONG, expired, next_retry
 from mta.send.supervise import Flight, Supervision
@@ -68,7 +71,7 @@ __all__ = ["Scheduler"]
 START = (-1.0, 0)
 
 
-class Scheduler(Supervision):
+class Scheduler(Handover, Supervision):
     def __init__(self, root: Path, *, workers: int | None = None, echo: bool = False,
                  window: int = 20000, batch: int = 5000, per_dest: int = 3000,
                  flush_interval: float = 0.1, clock=time.time, local_ips=(),
@@ -275,17 +278,12 @@ class Scheduler(Supervision):
                 self._fly(r, True, key, "remote", r.addr)
                 jobs[self._worker_index(key)][(r.msg_id, tuple(map(tuple, dest)))].append(
                     [r.rcpt_id, r.addr])
-        for idx, groups in jobs.items():
+        for groups in jobs.values():
             self.journal.record(rid for rs in groups.values() for rid, _ in rs)
-            self.remote[idx].send_jobs([
-                {"m": m, "s": self._info(m).sender, "d": [list(d) for d in ds], "r": rs}
-                for (m, ds), rs in groups.items()])
+        self._send_remote(jobs)
         for w in self.remote:
             if w.alive:
                 await w.drain()
-
-    def _worker_index(self, dest: tuple) -> int:
-        return hash(dest) % len(self.remote)
 
     def _fly(self, r: store.Due, remote: bool, dest, channel: str, addr: str) -> None:
         d = self.log.starting(r.msg_id, channel, addr)
@@ -304,6 +302,9 @@ class Scheduler(Supervision):
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
+        if any(r[1] == "F" for r in batch):
+            forwards = [r for r in batch if r[1] == "F"]
+            batch = [r for r in batch if r[1] != "F"] + self._forward(forwards)
         now = self.clock()
         delivered, deferred, failed, done = [], [], [], []
         verp_failed: dict[int, list[int]] = defaultdict(list)

@@ -5,14 +5,18 @@ each delivery worker as a child process (``python -m mta.remote.worker`` or
 ``python -m mta.lspawn``) and talks to it over its stdin/stdout, one JSON object a
 line:
 
-    scheduler -> worker   {"jobs": [{"m": msg, "s": sender, "d": [[ip, port], ...],
+    scheduler -> worker   {"jobs": [{"m": msg, "s": sender, "d": [[ip, port], ...], "n": k,
                                       "r": [[rcpt_id, address, local], ...]}, ...]}
     scheduler -> worker   {"flush": 1}  forget which hosts looked down (``mta flush``)
     scheduler -> worker   {"reload": 1} re-read the control files (SIGHUP)
     scheduler -> worker   {"stop": 1}   then end of input: finish what you hold, exit
     worker -> scheduler   {"res": [[rcpt_id, "K"|"Z"|"D", text, dsn], ...]}
+    worker -> scheduler   {"res": [[rcpt_id, "F", text, dsn, address, [[ip, port], ...]]]}
 
-``d`` (destinations, remote only) lists the receiving hosts in MX order; ``local``
+``d`` (destinations, remote only) lists the receiving hosts in MX order, of which
+the worker may connect to the first ``n`` (default all; ``mta.send.owners``); F
+means those failed temporarily and the rest of the list (the last field) is for
+another worker: the scheduler hands the recipient on, it is no result. ``local``
 (local only) is the local part after locals/virtualdomains mapping. K, Z and D are
 qmail's success, temporary and permanent reports. JSON rather than pickle: a worker
 parses untrusted network input and may run under another uid, so what it sends back
