@@ -20,8 +20,11 @@ from pathlib import Path
 from mta.bounce import DOUBLE_BOUNCE_SENDER, Failure, bounce_recipient, build_bounce
 from mta.queue import enqueue, message_path, remove_message
 from mta.send import store
+from mta.status import enhanced_status
 
 __all__ = ["Bouncer"]
+
+REMOTE_SAID = "Remote host said: "  # mta.smtp.client's prefix for the peer's reply
 
 
 class Bouncer:
@@ -70,8 +73,15 @@ class Bouncer:
 
 
 def _dsn(text: str) -> str:
-    """The enhanced status code a failure text carries, e.g. ``(#5.1.1)``, else 5.0.0."""
+    """The enhanced status code a failure text carries, else 5.0.0.
+
+    Ours and qmail's texts end in ``(#5.1.1)``; a remote refusal carries the peer's
+    reply after ``Remote host said:`` (``550 5.1.1 no such user``), whose RFC 3463
+    code is used when it is permanent (the queue keeps the text, not the code).
+    """
     i = text.rfind("(#5.")
     if i >= 0 and text.find(")", i) > i:
         return text[i + 2:text.find(")", i)]
-    return "5.0.0"
+    j = text.rfind(REMOTE_SAID)
+    found = enhanced_status(text[j + len(REMOTE_SAID):]) if j >= 0 else None
+    return found if found and found[0] == "5" else "5.0.0"

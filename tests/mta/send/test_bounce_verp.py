@@ -8,6 +8,9 @@ line with qmail-send's layout.
 
 from __future__ import annotations
 
+import email
+import email.policy
+
 import pytest
 
 from tests.harness import Instance
@@ -90,3 +93,24 @@ def test_partial_rcpt_failure_one_bounce_listing_only_the_failed_one(inst):
         _, report = report_of(bounce)
         assert "one@x.test" not in report and "three@x.test" not in report
         assert "Return-Path: <sender@home.test>\n" in bounce.data.decode().replace("\r\n", "\n")
+
+
+def test_verp_dsn_bounce_carries_the_remote_enhanced_status(inst):
+    """bounceformat dsn: the per-recipient VERP bounce's Status is the remote's 5.1.1."""
+    with Sink("127.0.3.7", rcpt_reply={"b@x.test": REFUSAL}) as s, Sink("127.0.3.8") as home:
+        route(inst, [("x.test", "127.0.3.7", s.port), ("host.test", "127.0.3.8", home.port)])
+        inst.control("bounceformat", "dsn\n")
+        inst.start()
+        assert inst.inject("pre-@host.test-@[]", ["a@x.test", "b@x.test"]) == 0
+        home.wait_for(1, 30)
+        inst.wait_empty(30)
+        [bounce] = home.messages
+        assert bounce.sender == "" and bounce.rcpts == ["pre-b=x.test@host.test"]
+        msg = email.message_from_bytes(bounce.data.replace(b"\r\n", b"\n"),
+                                       policy=email.policy.default)
+        _human, status, _copy = msg.iter_parts()
+        _per_msg, *blocks = status.get_payload()
+        assert [(b["Final-Recipient"], b["Action"], b["Status"]) for b in blocks] == [
+            ("rfc822; b@x.test", "failed", "5.1.1")]
+        assert blocks[0]["Diagnostic-Code"] == (
+            f"smtp; 127.0.3.7 does not like recipient. Remote host said: {REFUSAL}")
