@@ -73,7 +73,7 @@ BODY_CACHE = 64
 
 def opportunistic_tls_context() -> ssl.SSLContext:
     """The client context for STARTTLS: encrypt when offered, verify nothing (``may``)."""
-    ctx = ssl.create_default_context()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS 1.2 or later; no CA store to load
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
