@@ -8,7 +8,9 @@
 3. ``bench_smtp_client.py``: VERP transactions/s of our SMTP client into smtp-sinks.
 4. ``fanout_vs_postfix.py``: the end-to-end VERP fan-out, ours and Postfix (Postfix
    only as root; otherwise ``--ours-only``), with a validation pass.
-5. the other helpers' scripts, when present: ``ezlist_bench.py`` (list post,
+5. ``scaleout_bench.py`` (root only): one list post through one, then two QMQP
+   delivery machines (deliveries/s, handover time, CPU per recipient).
+6. the other helpers' scripts, when present: ``ezlist_bench.py`` (list post,
    subscribes, bounces) and ``smtp_ingress_vs_postfix.py`` (SMTP ingress); their
    last output lines are quoted in the summary.
 
@@ -133,6 +135,24 @@ def others(tmp: Path, full: bool) -> list[str]:
     return lines
 
 
+def scaleout(tmp: Path, full: bool) -> list[str]:
+    """One post through one, then two QMQP delivery machines (root: smtp-sink as nobody)."""
+    if os.geteuid() != 0:
+        return ["scaleout_bench: skipped (needs root)"]
+    js = tmp / "scaleout.json"
+    args = ["--recipients", "100000", "--runs", "3"] if full else ["--recipients", "10000",
+                                                                    "--runs", "1"]
+    ok, out, _ = step("scaleout_bench", [PY, str(HERE / "scaleout_bench.py"), *args,
+                                          "--json", str(js)], 2400 if full else 600)
+    if not ok or not js.exists():
+        return ["scaleout_bench: FAILED"]
+    med = json.loads(js.read_text())["median"]
+    return [f"scaleout N={args[1]} through {k} machine(s): {m['deliveries_per_s']:,.0f}"
+            f" deliveries/s, handover {m['handover_wall_s']:.2f} s, list host"
+            f" {m['listhost_cpu_us_per_rcpt']:.1f} us CPU/rcpt, machines"
+            f" {m['machines_cpu_us_per_rcpt']:.0f} us CPU/rcpt" for k, m in med.items()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--full", action="store_true", help="the sizes behind RESULTS.md")
@@ -142,7 +162,8 @@ def main() -> int:
         tmp = Path(d)
         os.chmod(tmp, 0o755)
         summary = (bench_inject(tmp, args.full) + inject_fanout(tmp, args.full)
-                   + smtp_client(args.full) + fanout(tmp, args.full) + others(tmp, args.full))
+                   + smtp_client(args.full) + fanout(tmp, args.full) + scaleout(tmp, args.full)
+                   + others(tmp, args.full))
     print("\n=== summary (" + ("full" if args.full else "small defaults") + f", {time.ctime()},"
           f" {os.cpu_count()} CPUs)")
     for line in summary:

@@ -4,8 +4,10 @@ When a list folder holds a ``qmqpservers`` file (as ezmlm switches to QMQP when 
 list folder has one), a post is not queued locally: its subscribers are split into
 one part per delivery machine, by recipient domain (every recipient of a domain goes
 to the same machine, so per-host limits still hold on each machine), and each part
-is handed over by QMQP as one message with the post's VERP sender. A machine that
-does not answer has its part handed to the next machine in the file.
+is handed over by QMQP as one message with the post's VERP sender, all parts at
+once (one connection per part, so the handover takes as long as the largest part,
+not the sum of all). A machine that does not answer has its part handed to the
+next machine in the file.
 
 ``qmqpservers`` lines: ``ip``, ``ip:port`` (QMQP port, default 628) or
 ``ip:port:progressport`` (ours: where ``mta start --progress`` answers status
@@ -13,7 +15,8 @@ queries for ``ezlist status``). ``#`` comments are allowed.
 
 Durability: the plan (which part goes where, and each part's state) is written to
 ``sends/NUM.parts`` before the first handover and rewritten atomically after each
-``K``. A part is either accepted (``K`` recorded, with the machine's queue id) or
+``K``. A part is either accepted (``K`` recorded, with the machine's queue id and
+the seconds its handover took, ``handover_s``) or
 still ours: ``resume`` hands over every part still pending (after a crash, or when
 every machine refused for a while). A crash between a ``K`` and its record resends
 that part: at least once, never lost.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,10 +115,12 @@ async def _hand_over(part: dict, servers: list[Server], sender: str, rcpts: list
     n = len(servers)
     order = [servers[(part["bucket"] + k) % n] for k in range(n)]  # own machine first
     for s in order:
+        began = time.monotonic()
         outcome = await qmqp_send([(s.host, s.port)], sender, rcpts, message, timeout=timeout)
         if isinstance(outcome, Delivered):
             m = _QP.search(outcome.text)
-            part.update(state="accepted", server=asdict(s), remote_id=int(m.group(1)) if m else 0)
+            part.update(state="accepted", server=asdict(s), remote_id=int(m.group(1)) if m else 0,
+                        handover_s=round(time.monotonic() - began, 3))
             return
         if isinstance(outcome, PermFail):
             raise ScaleoutError(f"{s.host}:{s.port} refused part {part['bucket']}: "
@@ -134,22 +140,27 @@ async def resume(list_dir: Path, number: int, servers: list[Server], sender: str
     if not pending:
         return parts
     split = split_by_domain(addresses, len(parts))
-    errors = []
-    for p in pending:
+
+    async def hand_over(p: dict) -> ScaleoutError | None:
         rcpts = split[p["bucket"]]
         p["recipients"] = len(rcpts)
-        if not rcpts:
-            p.update(state="accepted", server=None, remote_id=0)
-        else:
-            try:
+        try:
+            if rcpts:
                 await _hand_over(p, servers, sender, rcpts, message, timeout)
-            except ScaleoutError as e:
-                if e.permanent:
-                    raise
-                errors.append(str(e))
-        _save(list_dir, number, parts)
+            else:
+                p.update(state="accepted", server=None, remote_id=0)
+        except ScaleoutError as e:
+            return e
+        finally:
+            _save(list_dir, number, parts)  # this part's K is on disk before we go on
+        return None
+
+    errors = [e for e in await asyncio.gather(*map(hand_over, pending)) if e is not None]
+    for e in errors:
+        if e.permanent:
+            raise e
     if errors:
-        raise ScaleoutError("; ".join(errors))
+        raise ScaleoutError("; ".join(map(str, errors)))
     return parts
 
 
