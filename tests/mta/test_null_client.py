@@ -6,7 +6,6 @@ communication failed after connecting, 55 no usable server list)."""
 import asyncio
 import os
 import socket
-import subprocess
 import sys
 import threading
 from pathlib import Path
