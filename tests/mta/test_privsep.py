@@ -134,16 +134,18 @@ def test_components_run_under_their_own_uids(public_dir):
             s.sendmail("bob@other.test", ["alice@local.test"], b"Subject: x\r\n\r\nhi\r\n")
         new = root / "alias" / "Maildir" / "new"
         wait_for(lambda: new.is_dir() and any(new.iterdir()), 30, "local delivery")
-        procs = {pid: cmdline(pid) for pid in descendants(p.pid)}
-        def uid_for(fragment):
-            pids = [pid for pid, c in procs.items() if fragment in c]
-            assert pids, f"no process matching {fragment!r} in {procs}"
-            return {uid_of(pid) for pid in pids}
-        assert uid_for("mta.listen") == {uids["smtpd"]}
-        assert uid_for("mta.queued") == {uids["queue"]}
-        assert uid_for(" send") == {uids["queue"]}
-        assert uid_for("mta.remote.worker") == {uids["remote"]}
-        assert uid_for("mta.lspawn") == {uids["local"]}
+        expected = {"mta.listen": uids["smtpd"], "mta.queued": uids["queue"],
+                    " send": uids["queue"], "mta.remote.worker": uids["remote"],
+                    "mta.lspawn": uids["local"]}
+
+        def observed():
+            procs = {pid: cmdline(pid) for pid in descendants(p.pid)}
+            return {frag: {uid_of(pid) for pid, c in procs.items() if frag in c}
+                    for frag in expected}
+        # a component may still be starting (root) for a moment after mail flowed: bounded wait
+        wait_for(lambda: all(v == {expected[k]} for k, v in observed().items()), 30,
+                 "every component under its own uid")
+        assert observed() == {k: {v} for k, v in expected.items()}
         delivered = next(new.iterdir())
         assert delivered.stat().st_uid == uids["local"]
         # the listener's user cannot write the queue database; its owner can
