@@ -23,6 +23,9 @@ reply. The 1-minute load average is recorded before each run.
     sudo .venv/bin/python benchmarks/smtp_ingress_vs_postfix.py [--messages 5000] [--runs 3]
         [--json benchmarks/results/ingress.json] [--profile DIR]
 
+``--code DIR`` runs our listener and queue owner from DIR instead of this checkout
+(``git archive COMMIT mta | tar -x -C DIR``); ``--compare DIR`` runs that one too,
+interleaved with the others and reported as "base": two versions under the same load.
 ``--json`` writes the per-run figures, the medians, the exact command and the git
 commit. ``--profile DIR`` records our listener and queue owner with py-spy (if
 installed: ``.venv/bin/pip install py-spy``) during each of our runs, as raw
@@ -51,11 +54,15 @@ import time
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+CODE = [Path(__file__).resolve().parent.parent]  # where our mta package is imported from
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PF_DIR = Path("/etc/postfix-ingress")
 PF_QUEUE = Path("/var/spool/postfix-ingress")
 PF_DATA = Path("/var/lib/postfix-ingress")
+INGRESS_CODE = ["mta/listen.py", "mta/queued.py", "mta/queue", "mta/received.py", "mta/qq_client.py",
+                "mta/smtpd.py", "mta/smtp", "mta/rcpt_token.py", "mta/local/dotqmail.py",
+                "mta/control.py", "benchmarks/smtp_ingress_vs_postfix.py"]
 
 
 def free_port() -> int:
@@ -147,19 +154,23 @@ def stop_profilers(procs: list) -> None:
 
 
 def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
-             tag: str = "") -> dict:
+             tag: str = "", code: Path | None = None, extra_env: dict | None = None) -> dict:
     base = Path(tempfile.mkdtemp(prefix="ingress-", dir="/var/tmp"))
     root = base / "inst"
     make_instance(root)
     (root / "alias" / ".qmail-u").write_text("./Maildir/\n")
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    owner = subprocess.Popen([PY, "-m", "mta.queued", "--root", str(root)], env=env,
-                             stderr=subprocess.DEVNULL)
+    code = code or CODE[0]  # also the cwd: ``python -m`` puts the cwd first on sys.path
+    env = dict(os.environ, PYTHONPATH=str(code), **(extra_env or {}))
+    owner_log = base / "queued.log"
+    with open(owner_log, "wb") as err:
+        owner = subprocess.Popen([PY, "-m", "mta.queued", "--root", str(root)], env=env,
+                                 stderr=err, cwd=code)
     while not (root / "queue" / "lock" / "qq.sock").exists():
         time.sleep(0.02)
     listener = subprocess.Popen([PY, "-m", "mta.listen", "--root", str(root), "--smtp",
-                                 f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL)
+                                 f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL,
+                                cwd=code)
     try:
         wait_smtp(port)
         spies = start_profilers({"listen": listener.pid, "queued": owner.pid}, prof_dir, tag)
@@ -175,8 +186,10 @@ def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
         for p in (listener, owner):
             p.terminate()
             p.wait(30)
+        stats = [line.partition("stopping: ")[2] for line in owner_log.read_text().splitlines()
+                 if "stopping: " in line]
         shutil.rmtree(base)
-    return {"wall": wall, "cpu": cpu, "queued": queued}
+    return {"wall": wall, "cpu": cpu, "queued": queued, "batches": stats[-1] if stats else ""}
 
 
 MAIN_CF = """compatibility_level = 3.6
@@ -243,10 +256,9 @@ def run_postfix(n: int, sessions: int, size: int, prof_dir=None, tag: str = "") 
 def git_commit() -> str:
     p = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                        text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "mta",
-                            "benchmarks/smtp_ingress_vs_postfix.py"],
-                           capture_output=True, text=True).stdout.strip()
-    return p.stdout.strip() + (" (+uncommitted changes in mta/)" if dirty else "")
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", *INGRESS_CODE],
+                           capture_output=True, text=True).stdout.split()[1::2]
+    return p.stdout.strip() + (f" + uncommitted changes in {' '.join(dirty)}" if dirty else "")
 
 
 def summary(results: dict[str, list[dict]], n: int) -> dict:
@@ -257,6 +269,8 @@ def summary(results: dict[str, list[dict]], n: int) -> dict:
                          "cpu_ms_per_msg": statistics.median(x["cpu"] / n * 1000 for x in runs)}
     if "ours" in out and "postfix" in out:
         out["ratio"] = out["ours"]["msg_per_s"] / out["postfix"]["msg_per_s"]
+    if "base" in out and "postfix" in out:
+        out["ratio_base"] = out["base"]["msg_per_s"] / out["postfix"]["msg_per_s"]
     return out
 
 
@@ -268,34 +282,52 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-postfix", action="store_true")
     ap.add_argument("--json", type=Path, help="write raw figures, command and commit here")
+    ap.add_argument("--code", type=Path, help="run our engine from this folder (one holding"
+                    " mta/, e.g. an older commit's `git archive`); default: this checkout")
+    ap.add_argument("--compare", type=Path, metavar="DIR",
+                    help="also run our engine from DIR, interleaved, reported as 'base'")
+    ap.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for the 'base' engine, e.g. MTA_QUEUE_SYNC=fsync")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy raw stacks of our two processes, one file a run")
     a = ap.parse_args()
-    results: dict[str, list[dict]] = {"ours": [], "postfix": []}
+    if a.code:
+        CODE[0] = a.code.resolve()
+    contenders = [("ours", run_ours)]
+    if a.compare:
+        base = a.compare.resolve()
+        base_env = dict(kv.split("=", 1) for kv in a.compare_env)
+        contenders.append(("base", lambda *args: run_ours(*args, code=base,
+                                                           extra_env=base_env)))
+    if not a.skip_postfix:
+        contenders.append(("postfix", run_postfix))
+    results: dict[str, list[dict]] = {name: [] for name, _ in contenders}
     for r in range(a.runs):
-        for name, fn in (("ours", run_ours), ("postfix", run_postfix)):
-            if name == "postfix" and a.skip_postfix:
-                continue
+        for name, fn in contenders:
             load = os.getloadavg()[0]
-            res = fn(a.messages, a.sessions, a.size, a.profile, f"run{r + 1}")
+            res = fn(a.messages, a.sessions, a.size, a.profile if name == "ours" else None,
+                     f"run{r + 1}")
             res.update(run=r + 1, load1=load, msg_per_s=a.messages / res["wall"],
                        cpu_ms_per_msg=res["cpu"] / a.messages * 1000)
             results[name].append(res)
             print(f"run {r + 1} {name:8s} {res['msg_per_s']:7.0f} msg/s"
                   f"  {res['cpu_ms_per_msg']:6.2f} ms CPU/msg"
-                  f"  ({res['wall']:.1f}s, {res['queued']} queued, load {load:.2f})", flush=True)
+                  f"  ({res['wall']:.1f}s, {res['queued']} queued, load {load:.2f})"
+                  + (f"  [{res['batches']}]" if res.get("batches") else ""), flush=True)
     med = summary(results, a.messages)
-    for name in ("ours", "postfix"):
+    for name in ("ours", "base", "postfix"):
         if name in med:
             print(f"median {name:8s} {med[name]['msg_per_s']:7.0f} msg/s"
                   f"  {med[name]['cpu_ms_per_msg']:6.2f} ms CPU/msg")
     if "ratio" in med:
         print(f"ratio ours/postfix: {med['ratio']:.2f}x")
+    if "ratio_base" in med:
+        print(f"ratio base/postfix: {med['ratio_base']:.2f}x")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({
             "command": " ".join([Path(PY).name and ".venv/bin/python", *sys.argv]),
-            "commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M:%S",
+            "commit": git_commit() if not a.code else f"code from {CODE[0]}", "date_utc": time.strftime("%Y-%m-%d %H:%M:%S",
                                                               time.gmtime()),
             "messages": a.messages, "sessions": a.sessions, "size": a.size,
             "runs": results, "median": med}, indent=1) + "\n")

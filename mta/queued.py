@@ -30,7 +30,12 @@ than ``max_bytes``, no recipient, an address that is not UTF-8) is refused with 
 closed once the replies to its earlier requests have been written.
 
 Public:
-    QueueOwner(root, *, max_bytes=MAX_BYTES, max_batch=MAX_BATCH)
+    QueueOwner(root, *, max_bytes=MAX_BYTES, max_batch=MAX_BATCH, sync=None)
+        ``sync``: "syncfs", "fsync" or "auto" (mta.queue.batch); default from the
+        environment variable MTA_QUEUE_SYNC, else "auto" (syncfs on Linux). Choose
+        "fsync" when the queue shares its file system with heavy writers: syncfs
+        waits for their dirty data too. The owner logs, when it stops, how many
+        messages it committed in how many batches, and the mean commit time.
         ``await start()``, ``await serve_until_term()``, ``await close()``
     parse_request(payload) -> BatchItem     raises NetstringError (a ValueError)
     main(argv=None) -> exit code            111 if the owner cannot start
@@ -160,12 +165,17 @@ class QueueOwner:
     """The daemon's state: the listening socket, pending requests, the committer."""
 
     def __init__(self, root: str | os.PathLike, *, max_bytes: int = MAX_BYTES,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, sync: str | None = None) -> None:
         self.root = Path(root)
+        self.sync = sync or os.environ.get("MTA_QUEUE_SYNC", "auto")
+        if self.sync not in ("auto", "syncfs", "fsync"):
+            raise QueueError(f"MTA_QUEUE_SYNC must be auto, syncfs or fsync, not {self.sync!r}")
         self.max_bytes, self.max_batch = max_bytes, max_batch
         self.sessions: set[_Session] = set()
         self.pending: list[tuple[_Request, _Session]] = []
         self.batches = 0
+        self.batched = 0           # messages in those batches
+        self.commit_seconds = 0.0  # wall time spent in enqueue_batch
         self._busy = False
         self._wake = asyncio.Event()
         self._committer_thread = ThreadPoolExecutor(1, thread_name_prefix="qq-commit")
@@ -214,9 +224,12 @@ class QueueOwner:
                 del self.pending[:self.max_batch]
                 self._busy = True
                 try:
+                    started = loop.time()
                     results = await loop.run_in_executor(
                         self._committer_thread, self._commit, [req.item for req, _ in batch])
                     self.batches += 1
+                    self.batched += len(batch)
+                    self.commit_seconds += loop.time() - started
                     crash_point("after_batch_commit_before_reply")
                     self._reply(batch, results)
                 finally:
@@ -224,7 +237,8 @@ class QueueOwner:
 
     def _commit(self, items: list[BatchItem]) -> list:
         try:
-            return enqueue_batch(self.root, items, conn=self._conn, pool=self._fsync_pool)
+            return enqueue_batch(self.root, items, conn=self._conn, pool=self._fsync_pool,
+                                 sync=self.sync)
         except Exception as exc:  # a bug or a broken connection: fail the batch, go on
             log.exception("batch of %d failed", len(items))
             self._reopen()
@@ -267,6 +281,10 @@ class QueueOwner:
             await asyncio.sleep(0.01)  # the committer drains what was accepted
         if self._committer is not None:
             self._committer.cancel()
+        if self.batches:
+            log.info("stopping: %d messages in %d batches (%.1f a batch), %.2f ms a commit",
+                     self.batched, self.batches, self.batched / self.batches,
+                     self.commit_seconds / self.batches * 1000)
         loop = asyncio.get_running_loop()
         if self._conn is not None:
             await loop.run_in_executor(self._committer_thread, self._conn.close)
