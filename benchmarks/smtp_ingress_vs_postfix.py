@@ -29,7 +29,8 @@ interleaved with the others and reported as "base": two versions under the same 
 ``--json`` writes the per-run figures, the medians, the exact command and the git
 commit. ``--profile DIR`` records our listener and queue owner with py-spy (if
 installed: ``.venv/bin/pip install py-spy``) during each of our runs, as raw
-collapsed stacks in DIR (profiling costs CPU: do not quote the rates of such a run).
+collapsed stacks in DIR (profiling costs CPU: do not quote the rates of such a run;
+env SPY_NATIVE=1 adds C frames, SPY_GIL=1 samples only the thread holding the GIL).
 
 Needs root for Postfix (``--skip-postfix`` otherwise). As root, our instance is made
 with ``--no-privsep`` when privilege separation cannot work (a Python under a folder
@@ -140,7 +141,8 @@ def start_profilers(pids: dict[str, int], prof_dir: Path | None, tag: str) -> li
     spy = Path(PY).parent / "py-spy"
     prof_dir.mkdir(parents=True, exist_ok=True)
     return [subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "250",
-                              *(["--native"] if os.environ.get("SPY_NATIVE") else ["--nonblocking"]), "--pid", str(pid),
+                              *(["--native"] if os.environ.get("SPY_NATIVE") else ["--nonblocking"]),
+                              *(["--gil"] if os.environ.get("SPY_GIL") else []), "--pid", str(pid),
                               "--output", str(prof_dir / f"{tag}-{name}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name, pid in pids.items()]
