@@ -13,7 +13,7 @@ and both answer 250 only once the message is durable:
   transport, so what is measured is its ingress plus a near-free delivery.
 
 Messages/s is messages / wall time of smtp-source. CPU per message is the CPU time
-(user+system) of the server processes (for Postfix: master and every descendant,
+(user+system) of the server processes (ours: also split per process, user and system) (for Postfix: master and every descendant,
 exited children counted through their parent's cutime/cstime), smtp-source excluded.
 Runs alternate (ours, postfix, ours, ...) so machine noise hits both alike.
 Every run checks that every message was accepted: ours counts the rows in queue.db
@@ -82,6 +82,19 @@ def wait_smtp(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"no SMTP greeting on port {port} after {timeout}s")
+
+
+def user_sys(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def split_ms(before: dict, after: dict, n: int) -> dict:
+    """Per process: user and system ms a message."""
+    return {name: {"user": round((after[name][0] - before[name][0]) / n * 1000, 3),
+                   "sys": round((after[name][1] - before[name][1]) / n * 1000, 3)}
+            for name in before}
 
 
 def proc_cpu(pid: int) -> float:
@@ -176,9 +189,12 @@ def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
     try:
         wait_smtp(port)
         spies = start_profilers({"listen": listener.pid, "queued": owner.pid}, prof_dir, tag)
+        procs = {"listen": listener.pid, "queued": owner.pid}
         before = cpu_snapshot([owner.pid, listener.pid])
+        split0 = {name: user_sys(pid) for name, pid in procs.items()}
         wall = smtp_source(port, n, sessions, size)
         cpu = cpu_delta(before, cpu_snapshot([owner.pid, listener.pid]))
+        split = split_ms(split0, {name: user_sys(pid) for name, pid in procs.items()}, n)
         stop_profilers(spies)
         with sqlite3.connect(root / "queue" / "queue.db") as db:
             queued = db.execute("SELECT count(*) FROM messages").fetchone()[0]
@@ -191,7 +207,8 @@ def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
         stats = [line.partition("stopping: ")[2] for line in owner_log.read_text().splitlines()
                  if "stopping: " in line]
         shutil.rmtree(base)
-    return {"wall": wall, "cpu": cpu, "queued": queued, "batches": stats[-1] if stats else ""}
+    return {"wall": wall, "cpu": cpu, "queued": queued, "batches": stats[-1] if stats else "",
+            "cpu_split_ms": split}
 
 
 MAIN_CF = """compatibility_level = 3.6
@@ -315,7 +332,9 @@ def main() -> None:
             print(f"run {r + 1} {name:8s} {res['msg_per_s']:7.0f} msg/s"
                   f"  {res['cpu_ms_per_msg']:6.2f} ms CPU/msg"
                   f"  ({res['wall']:.1f}s, {res['queued']} queued, load {load:.2f})"
-                  + (f"  [{res['batches']}]" if res.get("batches") else ""), flush=True)
+                  + (f"  [{res['batches']}]" if res.get("batches") else "")
+                  + "".join(f"  {k} {v['user']:.2f}u+{v['sys']:.2f}s"
+                            for k, v in res.get("cpu_split_ms", {}).items()), flush=True)
     med = summary(results, a.messages)
     for name in ("ours", "base", "postfix"):
         if name in med:
