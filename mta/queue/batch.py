@@ -41,7 +41,8 @@ Public:
     enqueue_batch(root, items, *, conn, pool=None, sync="auto") -> list[int | QueueError]
         one result per item, in order: the queue id, or the error that kept that
         message out of the queue. Never raises QueueError itself. ``sync`` is
-        "syncfs", "fsync" or "auto" (syncfs when the C library has it); ``pool``
+        "syncfs", "fsync" or "auto" (syncfs on Linux >= 5.8, the first to report
+        write-back errors through syncfs, when the C library has it); ``pool``
         runs the parallel fsyncs of the "fsync" way.
     SYNCFS_AVAILABLE
 """
@@ -54,6 +55,7 @@ import fcntl
 import itertools
 import os
 import sqlite3
+import sys
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -77,7 +79,16 @@ _INSERT_MSG = ("INSERT INTO messages (sender, bytes, created, qp, uid, nrcpt)"
 _INSERT_RCPT = "INSERT INTO recipients (msg, addr, domain) VALUES (?, ?, ?)"
 
 
+def _reports_errors(release: str) -> bool:
+    """syncfs(2) reports write-back errors only since Linux 5.8 (errseq on the sb)."""
+    major, _, rest = release.partition(".")
+    minor = rest.split(".", 1)[0].split("-", 1)[0]
+    return major.isdigit() and minor.isdigit() and (int(major), int(minor)) >= (5, 8)
+
+
 def _load_syncfs():
+    if sys.platform != "linux" or not _reports_errors(os.uname().release):
+        return None
     try:
         fn = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
@@ -87,7 +98,7 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
-SYNCFS_AVAILABLE = _syncfs is not None
+SYNCFS_AVAILABLE = _syncfs is not None  # else "auto" means the fsync way
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,8 @@ def enqueue_batch(root: str | os.PathLike, items: Sequence[BatchItem], *,
     """Queue ``items`` with one disk sync and one commit; see the module doc."""
     if sync not in ("auto", "syncfs", "fsync"):
         raise ValueError(f"sync must be auto, syncfs or fsync, not {sync!r}")
+    if sync == "syncfs" and not SYNCFS_AVAILABLE:
+        raise ValueError("no syncfs(2) that reports write-back errors here (Linux >= 5.8)")
     whole_fs = sync == "syncfs" or (sync == "auto" and SYNCFS_AVAILABLE)
     qdir = os.path.join(os.fspath(root), "queue")
     results: list[int | QueueError | None] = [None] * len(items)

@@ -100,3 +100,12 @@ def test_the_queue_owner_refuses_an_unknown_way(root: Path) -> None:
 
     with pytest.raises(QueueError, match="MTA_QUEUE_SYNC must be"):
         QueueOwner(root, sync="sometimes")
+
+
+@pytest.mark.parametrize("release, ok", [
+    ("5.7.19", False), ("5.8.0", True), ("5.10.0-21-amd64", True), ("6.18.44-fc", True),
+    ("4.19.0", False), ("3.10.0-1160.el7.x86_64", False), ("weird", False), ("6", False)])
+def test_syncfs_is_trusted_only_where_it_reports_write_back_errors(release, ok) -> None:
+    from mta.queue.batch import _reports_errors
+
+    assert _reports_errors(release) is ok
