@@ -32,6 +32,12 @@ installed: ``.venv/bin/pip install py-spy``) during each of our runs, as raw
 collapsed stacks in DIR (profiling costs CPU: do not quote the rates of such a run;
 env SPY_NATIVE=1 adds C frames, SPY_GIL=1 samples only the thread holding the GIL).
 
+Our instance is made in a fresh folder under ``--dir`` (default /var/spool, where
+Postfix's queue is too): on this machine's journal-less ext4, creating a file costs
+the kernel 100-500 us of system time depending on where (ext4 skips recently deleted
+inodes of the block group, and /var/tmp's group is churned by every test run), so
+both queues should live side by side.
+
 Needs root for Postfix (``--skip-postfix`` otherwise). As root, our instance is made
 with ``--no-privsep`` when privilege separation cannot work (a Python under a folder
 the role users cannot reach); the same processes do the same work, all as root.
@@ -56,6 +62,7 @@ from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
 CODE = [Path(__file__).resolve().parent.parent]  # where our mta package is imported from
+OURS_DIR = ["/var/spool"]  # where our instance is made: next to Postfix's queue (see --dir)
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PF_DIR = Path("/etc/postfix-ingress")
@@ -171,7 +178,7 @@ def stop_profilers(procs: list) -> None:
 
 def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
              tag: str = "", code: Path | None = None, extra_env: dict | None = None) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="ingress-", dir="/var/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="mta-ingress-", dir=OURS_DIR[0]))
     root = base / "inst"
     make_instance(root)
     (root / "alias" / ".qmail-u").write_text("./Maildir/\n")
@@ -322,6 +329,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write raw figures, command and commit here")
     ap.add_argument("--code", type=Path, help="run our engine from this folder (one holding"
                     " mta/, e.g. an older commit's `git archive`); default: this checkout")
+    ap.add_argument("--dir", default=OURS_DIR[0],
+                    help="folder for our instance (default /var/spool, like Postfix's queue)")
     ap.add_argument("--compare", type=Path, metavar="DIR",
                     help="also run our engine from DIR, interleaved, reported as 'base'")
     ap.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE",
@@ -331,6 +340,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.code:
         CODE[0] = a.code.resolve()
+    OURS_DIR[0] = a.dir
     contenders = [("ours", run_ours)]
     if a.compare:
         base = a.compare.resolve()
@@ -369,7 +379,7 @@ def main() -> None:
             "command": " ".join([Path(PY).name and ".venv/bin/python", *sys.argv]),
             "commit": git_commit() if not a.code else f"code from {CODE[0]}", "date_utc": time.strftime("%Y-%m-%d %H:%M:%S",
                                                               time.gmtime()),
-            "messages": a.messages, "sessions": a.sessions, "size": a.size,
+            "ours_dir": OURS_DIR[0], "messages": a.messages, "sessions": a.sessions, "size": a.size,
             "runs": results, "median": med}, indent=1) + "\n")
 
 
