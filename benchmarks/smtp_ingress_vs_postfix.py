@@ -291,16 +291,17 @@ def postfix_queued(log_from: int, n: int, timeout: float = 30) -> int:
     in the queue; leftovers of an earlier run are not counted. The log lags a little."""
     deadline = time.monotonic() + timeout
     while True:
-        made, active = set(), set()
+        made, n_made, n_active = set(), 0, 0  # counts: a short queue id may recur
         with open(PF_LOG, "rb") as f:
             f.seek(log_from)
             for line in f:
                 qid = line.partition(b"]: ")[2].partition(b":")[0]
                 if b"/cleanup[" in line and b" message-id=" in line:
                     made.add(qid)
-                elif b"/qmgr[" in line and b"(queue active)" in line:
-                    active.add(qid)
-        count = len(made & active)
+                    n_made += 1
+                elif b"/qmgr[" in line and b"(queue active)" in line and qid in made:
+                    n_active += 1
+        count = min(n_made, n_active)
         if count >= n or time.monotonic() > deadline:
             return count
         time.sleep(0.2)
