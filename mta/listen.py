@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 from mta.access import AccessError, load_access
 from mta.control import ControlError, load_control
@@ -120,42 +121,62 @@ def _reload_smtp(listener, root: Path) -> None:
     log.info("reloaded control files")
 
 
+def _reloader(state: dict, load: Callable[[], dict]) -> Callable[[], None]:
+    """A SIGHUP handler replacing ``state``'s entries with ``load()``; keeps them on error."""
+    def reload() -> None:
+        try:
+            state.update(load())
+        except (ControlError, AccessError) as e:
+            log.error("alert: unable to reread controls, keeping the old ones: %s", e)
+            return
+        log.info("reloaded control files")
+    return reload
+
+
 async def run_qmtp(root: Path, host: str, port: int, direct: bool = False) -> None:
+    """QMTP listener: rcpthosts and smtpaccess (deny, relay) as for SMTP; re-read on SIGHUP."""
+    from mta.access import Action
     from mta.net.qmtp_server import open_qmtp_server
 
-    ctl = load_control(root)
-    access = load_access(root)
+    def load() -> dict:
+        return {"ctl": load_control(root), "access": load_access(root)}
+
+    live = load()
 
     def rcpt_allowed(peer_ip: str, address: str) -> bool:
-        from mta.access import Action
-
-        if access.lookup(peer_ip) is Action.RELAY:
+        action = live["access"].lookup(peer_ip)
+        if action is Action.DENY:
+            return False
+        if action is Action.RELAY:
             return True
         domain = address.rpartition("@")[2]
-        return ctl.rcpt_allowed(domain) if domain else True
+        return live["ctl"].rcpt_allowed(domain) if domain else True
 
+    ctl = live["ctl"]  # size limit and timeout are fixed at start
     server = await open_qmtp_server(host, port, submit=_qm_submit(root, direct, strip=True),
                                     rcpt_allowed=rcpt_allowed,
                                     max_message=ctl.databytes, local_host=ctl.me,
                                     timeout=ctl.timeoutsmtpd)
-    await _serve_until_term(server, lambda: None, root=root)
+    await _serve_until_term(server, _reloader(live, load), root=root)
 
 
 async def run_qmqp(root: Path, host: str, port: int, direct: bool = False) -> None:
-    from mta.access import Action
+    """QMQP listener for the clients ``qmqpaccess`` allows (loopback without it); SIGHUP re-reads."""
+    from mta.access import LOOPBACK_ONLY, Action
     from mta.net.qmqp_server import open_qmqp_server
 
-    from mta.access import LOOPBACK_ONLY
+    def load() -> dict:
+        return {"rules": load_access(root, "qmqpaccess", LOOPBACK_ONLY)}
 
-    ctl = load_control(root)
-    rules = load_access(root, "qmqpaccess", LOOPBACK_ONLY)
+    live = load()
 
     def access(peer_ip: str) -> bool:
-        return rules.lookup(peer_ip) in (Action.ALLOW, Action.RELAY)
+        return live["rules"].lookup(peer_ip) in (Action.ALLOW, Action.RELAY)
 
+    ctl = load_control(root)
     server = await open_qmqp_server(host, port, submit=_qm_submit(root, direct), access=access,
                                     local_host=ctl.me, timeout=ctl.timeoutsmtpd)
-    await _serve_until_term(server, lambda: None, root=root)
+    await _serve_until_term(server, _reloader(live, load), root=root)
 
 
 def _qm_submit(root: Path, direct: bool, strip: bool = False):

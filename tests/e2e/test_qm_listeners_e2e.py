@@ -18,6 +18,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import signal
 import socket
 import subprocess
 
@@ -60,7 +63,9 @@ def talk(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
             s.shutdown(socket.SHUT_WR)
             while chunk := s.recv(65536):
                 got.append(chunk)
-        except (ConnectionResetError, BrokenPipeError):
+        except OSError as e:  # reset, broken pipe, or shutdown after the server's close
+            if e.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                raise
             got.append(b"")  # closed on us: nothing more can arrive
         return b"".join(got)
 
@@ -201,3 +206,29 @@ def test_malformed_netstrings_closed_or_d_nothing_queued_listeners_alive(qm):  #
     [reply] = replies(talk(qm.qmqp, qmqp_request(b"bob@t.example", [b"alice@local.test"])))
     assert reply.startswith(K_OK), reply
     qm.wait_until(lambda: len(qm.box) == 2, 30, "both good messages in alice's maildir")
+
+
+def test_sighup_rereads_qmtp_smtpaccess_and_qmqpaccess(qm):
+    qm.control("smtpaccess", "127.0.3.1:deny\n")
+    qm.control("qmqpaccess", "127.0.0.2:allow\n")
+    qm.start_listeners()
+    package = qmtp_package(b"bob@t.example", [b"alice@local.test"])
+    request = qmqp_request(b"from@other.example", [b"alice@local.test"])
+    [denied] = replies(talk(qm.qmtp, package, source="127.0.3.1"))
+    assert denied.startswith(b"D"), denied  # smtpaccess deny holds for QMTP too
+    assert talk(qm.qmqp, request, source="127.0.0.1") == b""
+    assert qm.queue() == [] and len(qm.box) == 0
+    qm.control("smtpaccess", "127.0.3.1:allow\n")
+    qm.control("qmqpaccess", "127.0.0.1:allow\n")
+    os.kill(qm.proc.pid, signal.SIGHUP)
+
+    def qmtp_ok() -> bool:
+        return replies(talk(qm.qmtp, package, source="127.0.3.1"))[0].startswith(K_OK)
+
+    def qmqp_ok() -> bool:
+        got = replies(talk(qm.qmqp, request, source="127.0.0.1"))
+        return bool(got) and got[0].startswith(K_OK)
+
+    wait_until(qmtp_ok, 30, "the QMTP listener to re-read smtpaccess after SIGHUP")
+    wait_until(qmqp_ok, 30, "the QMQP listener to re-read qmqpaccess after SIGHUP")
+    qm.wait_until(lambda: len(qm.box) == 2, 30, "one message by each protocol in alice's maildir")
