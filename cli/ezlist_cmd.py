@@ -232,10 +232,28 @@ def send(root: Path, name: str, file, no_wait: bool) -> None:
         result = fanout.post_message(cfg, raw, root)
     except (sqlite3.Error, OSError, QueueError) as e:
         raise Failure(f"not queued: {e}", 111) from e
+    took = time.monotonic() - t0
+    if result.handover is not None:
+        _report_handover(name, result, took)
+        return
     click.echo(f"post {result.number} queued as msg {result.msg_id} for "
-               f"{result.recipients} subscribers in {time.monotonic() - t0:.2f}s")
+               f"{result.recipients} subscribers in {took:.2f}s")
     if not no_wait and result.msg_id:
         _watch(root, cfg, result.number, result.msg_id, result.recipients)
+
+
+def _report_handover(name: str, result, took: float) -> None:
+    """Scale-out: the post went (or is going) to the delivery machines, not this queue."""
+    head = f"post {result.number} for {result.recipients} subscribers"
+    if result.handover == "done":
+        click.echo(f"{head} handed over to the delivery machines in {took:.2f}s; "
+                   f"follow it with: ezlist status {name} {result.number}")
+    elif result.handover == "pending":
+        click.echo(f"{head}: no delivery machine took every part yet; the rest is kept and "
+                   f"handed over at the list's next delivery (ezlist status {name} "
+                   f"{result.number})")
+    else:
+        raise Failure(f"{head}: a delivery machine refused a part: {result.handover}")
 
 
 @main.command("status")

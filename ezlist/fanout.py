@@ -61,8 +61,9 @@ STREAM_BATCH = 20_000  # subscriber rows fetched at a time while streaming into 
 @dataclass(frozen=True, slots=True)
 class PostResult:
     number: int
-    msg_id: int  # mta queue id; 0 when nothing was queued (no subscribers)
+    msg_id: int  # mta queue id; 0 when nothing was queued here (no subscribers, handover)
     recipients: int
+    handover: str | None = None  # scale-out: "done", "pending" or "refused: WHY"
 
 
 def responder_line(cfg: ListConfig) -> bytes:
@@ -112,7 +113,7 @@ def post_message(cfg: ListConfig, raw: bytes, root: Path, now: int | None = None
         record["handover"] = handover
     (cfg.path / SENDS).mkdir(exist_ok=True)
     write_atomic(cfg.path / SENDS / str(number), json.dumps(record).encode() + b"\n")
-    return PostResult(number, msg_id, count)
+    return PostResult(number, msg_id, count, handover)
 
 
 def _hand_over(cfg: ListConfig, number: int, servers, sender: str, stream,

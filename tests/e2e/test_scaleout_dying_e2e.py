@@ -100,7 +100,8 @@ def test_part_read_then_unanswered_goes_to_next_machine(lists):
     host, post, dying, machine, sink = lists
     machine.start()
     (host / "lists" / "news" / "qmqpservers").write_text(dying.line() + machine.line())
-    ezlist(host, "send", "news", str(post), "--no-wait")
+    out = ezlist(host, "send", "news", str(post), "--no-wait")
+    assert "handed over to the delivery machines" in out, out
     assert len(dying.requests) == 1 and dying.requests[0].endswith(b",,")  # read it all
     wait_total([sink], N, 120)
     assert_each_once(sink)
@@ -112,7 +113,8 @@ def test_part_unanswered_everywhere_stays_pending_then_delivered_once(lists):
     host, post, dying, machine, sink = lists
     servers = host / "lists" / "news" / "qmqpservers"
     servers.write_text(dying.line())  # the only machine dies on every handover
-    ezlist(host, "send", "news", str(post), "--no-wait")
+    out = ezlist(host, "send", "news", str(post), "--no-wait")
+    assert "no delivery machine took every part yet" in out and "queued as msg" not in out, out
     assert len(dying.requests) == 1 and dying.requests[0].endswith(b",,")
     [part] = parts_of(host)
     assert part["state"] == "pending" and "closed before the QMQP reply" in part["last_error"]
