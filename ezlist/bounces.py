@@ -92,9 +92,9 @@ class BounceBook:
                  threshold: int = 3, timeout: int = 864_000) -> None:
         self.db, self.key, self.list_address = db, key, list_address
         self.threshold, self.timeout = threshold, timeout
-        sdb = db.db
-        if sdb["removed"].exists():
+        if db.has_tables("bounce_state", "bounce_log", "removed"):
             return  # made before (by make_list); creating again would take the write lock
+        sdb = db.db
         sdb["bounce_state"].create(
             {"address": str, "state": str, "first": int, "last": int, "count": int,
              "warned_at": int, "warn_bounced_at": int, "probed_at": int},

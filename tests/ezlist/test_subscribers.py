@@ -99,3 +99,21 @@ def test_noop_and_redeem(tmp_path: Path):
         assert db.redeem_cookie(KEY, LIST, "sc", "dave@local.test", other, NOW)
         assert not db.redeem_cookie(KEY, LIST, "sc", "dave@local.test", other, NOW)
         assert not db.is_subscriber("dave@local.test")
+
+
+def test_email_commands_do_not_pay_for_sqlite_utils_once_the_schema_exists(tmp_path):
+    """Every email command starts a Python process: sqlite-utils (~90 ms to import) is
+    loaded only to create the schema, never to open an existing list database."""
+    import subprocess
+    import sys
+    db_path = tmp_path / "subscribers.db"
+    from ezlist.bounces import BounceBook
+    with SubscriberDB(db_path) as made:  # made once, as ezlist make does
+        BounceBook(made, b"k" * 32, "l@h")
+    code = ("import sys; from ezlist import deliver; from ezlist.subscribers import SubscriberDB;"
+            "from ezlist.bounces import BounceBook;"
+            f"db = SubscriberDB({str(db_path)!r}); BounceBook(db, b'k' * 32, 'l@h');"
+            "db.add_many(['a@b.test']); print('sqlite_utils' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "False"
