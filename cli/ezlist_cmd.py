@@ -1,7 +1,8 @@
 """The ``ezlist`` command: make and edit lists, manage subscribers, send and watch posts.
 
 Every subcommand finds its instance from ``--root DIR``, else ``$MTA_ROOT``,
-else ``./var`` (as ``mta`` does). Errors are printed on stderr with exit 100
+else ``./var`` (as ``mta`` does). Run by root on an instance with per-role users, it
+first becomes the local user (``control/users``), who owns ``alias/`` and ``lists/``. Errors are printed on stderr with exit 100
 for a permanent problem (bad input, no such list) and 111 for a temporary one
 (database locked, disk trouble, queue refused), qmail's convention.
 
@@ -28,6 +29,7 @@ from ezlist import fanout, listdir, moderate, oneclick_web, returns, status
 from ezlist.post import check_post
 from ezlist.subscribers import SubscriberDB
 from mta.instance import find_root
+from mta.privsep import PrivsepError, drop_to
 from mta.queue import QueueError
 
 
@@ -86,6 +88,10 @@ def _changes(kw: dict) -> dict:
 def main(ctx: click.Context, root: Path | None) -> None:
     """ezmlm-style mailing lists posting through the mta queue."""
     ctx.obj = find_root(root)
+    try:  # root acts as the list user (mtal owns alias/ and lists/), as qmail's ezmlm runs
+        drop_to(ctx.obj, "local")
+    except (KeyError, OSError, PrivsepError) as e:
+        raise Failure(f"cannot become the instance's local user: {e}", 111) from e
 
 
 def _load(root: Path, name: str) -> listdir.ListConfig:
