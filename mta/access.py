@@ -35,18 +35,21 @@ raises ``AccessError`` naming the file and the line number; an unreadable file
 raises ``AccessError`` too. A listener must refuse to start on it rather than run
 with half its rules. ``lookup`` of a peer name that is not an IP address (a Unix
 socket) matches only the empty prefix, else it is allowed, never relayed.
+Answers are remembered per address string (at most ``CACHE_MAX``, then forgotten
+all at once) by the rules object; reloading the file makes a new one.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Action", "AccessRules", "AccessError", "DEFAULT_RULES", "parse_access", "load_access"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CACHE_MAX = 4096  # distinct client addresses remembered by one AccessRules
 
 
 class AccessError(Exception):
@@ -69,9 +72,20 @@ class AccessRules:
     """Ordered rules; ``network`` None is the empty (match-all) prefix."""
 
     rules: tuple[tuple[Network | None, Action], ...]
+    # ip string -> action: parsing the address costs more than the rest of a connect's
+    # bookkeeping. Per rules object, so a reload (new rules) starts empty; bounded.
+    _cache: dict[str, Action] = field(default_factory=dict, compare=False, repr=False)
 
     def lookup(self, ip: str) -> Action:
         """The action of the first rule matching ``ip``; ``ALLOW`` when none does."""
+        action = self._cache.get(ip)
+        if action is None:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            action = self._cache[ip] = self._match(ip)
+        return action
+
+    def _match(self, ip: str) -> Action:
         addr = _client_address(ip)
         for network, action in self.rules:
             if network is None:

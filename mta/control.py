@@ -141,7 +141,9 @@ class Control:
         return f"{prepend}-{box}" if prepend else None
 
     def virtual_prepend(self, domain: str) -> str | None:
-        vd = dict(self.virtualdomains)
+        vd = self.__dict__.get("_vd")
+        if vd is None:  # built once: Control is read-only (a reload makes a new one)
+            vd = self.__dict__["_vd"] = dict(self.virtualdomains)
         if domain in vd:
             return vd[domain] or None
         parts = domain.split(".")

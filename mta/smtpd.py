@@ -20,7 +20,8 @@ client then gets qmail's ``451 timeout (#4.4.2)`` and is dropped. A client that 
 not read our replies (writing paused) is aborted at the deadline without one, and a
 close that does not flush within T is aborted. ``smtpgreetdelay`` (``greet_delay``)
 holds the greeting back; input sent before it is an early talker (554, DESIGN
-decision 2). TCP_NODELAY is set on every socket.
+decision 2). TCP_NODELAY is on for every socket (asyncio's and uvloop's TCP
+transports set it; we do not set it again). The replies of one read go out in one write.
 
 Public:
     open_smtp_server(host, port, *, policy, submit, ssl_context=None) -> asyncio.Server
@@ -51,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import ssl
 import time
 from collections import Counter
@@ -116,9 +116,6 @@ class SmtpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         policy, lst = self.listener.policy, self.listener
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self.ip = str(peer[0])
@@ -184,12 +181,17 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _act(self, events: list[Event]) -> None:
         assert self.transport is not None
+        out: list[bytes] = []  # consecutive replies go out in one write
         for ev in events:
             if self._closed:
                 return
-            if isinstance(ev, SendBytes):
-                self.transport.write(ev.data)
-            elif isinstance(ev, CloseConnection):
+            if type(ev) is SendBytes:
+                out.append(ev.data)
+                continue
+            if out:
+                self.transport.write(b"".join(out))
+                out.clear()
+            if isinstance(ev, CloseConnection):
                 self._close_transport()
             elif isinstance(ev, StartTls):
                 self._pause("tls")
@@ -197,6 +199,8 @@ class SmtpProtocol(asyncio.Protocol):
             elif isinstance(ev, MessageReady):
                 self._pause("submit")
                 self._spawn(self._submit(ev))
+        if out and not self._closed:
+            self.transport.write(b"".join(out))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -60,11 +60,19 @@ class SmtpPolicy:
         """May a client that may not relay send to ``domain``? (rcpthosts, or local only)"""
         if self.rcpthosts is None:
             return self.is_local_domain(domain)
-        for pat in self.rcpthosts:
-            pat = pat.lower()
-            if (pat.startswith(".") and domain.endswith(pat)) or domain == pat:
+        hosts = self._rcpthosts_set
+        if domain in hosts:
+            return True
+        dot = domain.find(".")
+        while dot >= 0:  # ".example.com" covers every name ending in it
+            if domain[dot:] in hosts:
                 return True
+            dot = domain.find(".", dot + 1)
         return False
+
+    def __post_init__(self) -> None:
+        hosts = frozenset(p.lower() for p in self.rcpthosts or ())
+        object.__setattr__(self, "_rcpthosts_set", hosts)  # O(1) a RCPT, built once
 
     @property
     def size_limit(self) -> int:
