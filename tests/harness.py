@@ -1,7 +1,8 @@
 """An mta instance in a temporary folder, with `mta send` running as a real process.
 
 ``Instance(tmp_path, me="mx.test")`` creates the instance; ``control(name, text)``
-writes a control file; ``inject(sender, rcpts, body)`` uses the qmail-queue shim
+writes a control file; ``route([(domain, host, port)])`` writes smtproutes;
+``inject(sender, rcpts, body)`` uses the qmail-queue shim
 exactly as ezmlm-send would; ``start(*args, env=None)`` / ``stop()`` / ``kill()``
 run the scheduler (``kill()`` SIGKILLs its whole process group, workers included;
 ``kill_scheduler()`` only the scheduler, so its workers are orphaned);
@@ -35,6 +36,10 @@ class Instance:
 
     def control(self, name: str, text: str) -> None:
         (self.root / "control" / name).write_text(text)
+
+    def route(self, pairs) -> None:
+        """``control/smtproutes`` from (domain, host, port) triples."""
+        self.control("smtproutes", "".join(f"{d}:{h}:{p}\n" for d, h, p in pairs))
 
     def inject(self, sender: str, rcpts, body: bytes = b"Subject: t\n\nhello\n", env=None) -> int:
         envelope = b"F" + sender.encode() + b"\0" + b"".join(

@@ -11,23 +11,12 @@ from __future__ import annotations
 import email
 import email.policy
 
-import pytest
 
-from tests.harness import Instance
 from tests.sink import Sink
 
 REFUSAL = "550 5.1.1 no such user here"
 
 
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
-
-
-def route(inst, pairs):
-    inst.control("smtproutes", "".join(f"{d}:{h}:{p}\n" for d, h, p in pairs))
 
 
 def report_of(bounce) -> tuple[list[str], str]:
@@ -55,7 +44,7 @@ def assert_qsbmf_for(bounce, failed: str, peer: str) -> None:
 
 def test_verp_message_bounces_per_recipient_to_its_verp_address(inst):
     with Sink("127.0.3.1", rcpt_reply={"b@x.test": REFUSAL}) as s, Sink("127.0.3.2") as home:
-        route(inst, [("x.test", "127.0.3.1", s.port), ("host.test", "127.0.3.2", home.port)])
+        inst.route([("x.test", "127.0.3.1", s.port), ("host.test", "127.0.3.2", home.port)])
         inst.start()
         body = b"Subject: post\n\nhello\n"
         assert inst.inject("pre-@host.test-@[]", ["a@x.test", "b@x.test", "c@x.test"], body) == 0
@@ -78,7 +67,7 @@ def test_verp_message_bounces_per_recipient_to_its_verp_address(inst):
 def test_partial_rcpt_failure_one_bounce_listing_only_the_failed_one(inst):
     """RD4: RCPT #2 of 3 gets 550: #1 and #3 delivered, one bounce listing only #2."""
     with Sink("127.0.3.3", rcpt_reply={"two@x.test": REFUSAL}) as s, Sink("127.0.3.4") as home:
-        route(inst, [("x.test", "127.0.3.3", s.port), ("home.test", "127.0.3.4", home.port)])
+        inst.route([("x.test", "127.0.3.3", s.port), ("home.test", "127.0.3.4", home.port)])
         inst.start()
         rcpts = ["one@x.test", "two@x.test", "three@x.test"]
         assert inst.inject("sender@home.test", rcpts) == 0
@@ -98,7 +87,7 @@ def test_partial_rcpt_failure_one_bounce_listing_only_the_failed_one(inst):
 def test_verp_dsn_bounce_carries_the_remote_enhanced_status(inst):
     """bounceformat dsn: the per-recipient VERP bounce's Status is the remote's 5.1.1."""
     with Sink("127.0.3.7", rcpt_reply={"b@x.test": REFUSAL}) as s, Sink("127.0.3.8") as home:
-        route(inst, [("x.test", "127.0.3.7", s.port), ("host.test", "127.0.3.8", home.port)])
+        inst.route([("x.test", "127.0.3.7", s.port), ("host.test", "127.0.3.8", home.port)])
         inst.control("bounceformat", "dsn\n")
         inst.start()
         assert inst.inject("pre-@host.test-@[]", ["a@x.test", "b@x.test"]) == 0

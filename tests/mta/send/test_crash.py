@@ -8,21 +8,13 @@ for what was in flight: at most the scheduler's window.
 
 from collections import Counter
 
-import pytest
 
-from tests.harness import Instance
 from tests.sink import Sink
 
 N = 20000
 WINDOW = 400
 HOSTS = ["127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.1.4"]
 
-
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
 
 
 def test_sigkill_mid_fanout_loses_nothing(inst):

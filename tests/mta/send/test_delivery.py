@@ -1,6 +1,5 @@
 """End to end: qmail-queue shim -> `mta send` -> receiving servers on 127.0.1.x."""
 
-import email
 import time
 
 import pytest
@@ -16,13 +15,10 @@ def inst(tmp_path):
     i.stop()
 
 
-def route(inst, pairs):
-    inst.control("smtproutes", "".join(f"{d}:{h}:{p}\n" for d, h, p in pairs))
-
 
 def test_verp_fanout_each_recipient_once(inst):
     with Sink("127.0.1.1") as s1, Sink("127.0.1.2") as s2:
-        route(inst, [("a.test", "127.0.1.1", s1.port), ("b.test", "127.0.1.1", s1.port),
+        inst.route([("a.test", "127.0.1.1", s1.port), ("b.test", "127.0.1.1", s1.port),
                      ("c.test", "127.0.1.2", s2.port)])
         rcpts = [f"u{i}@{d}" for i in range(100) for d in ("a.test", "b.test", "c.test")]
         inst.start()
@@ -42,7 +38,7 @@ def test_verp_fanout_each_recipient_once(inst):
 
 def test_without_verp_recipients_share_transactions(inst):
     with Sink("127.0.1.3") as s:
-        route(inst, [("", "127.0.1.3", s.port)])
+        inst.route([("", "127.0.1.3", s.port)])
         inst.start()
         rcpts = [f"r{i}@d{i % 3}.test" for i in range(250)]
         assert inst.inject("owner@mx.test", rcpts) == 0
@@ -55,7 +51,7 @@ def test_without_verp_recipients_share_transactions(inst):
 def test_per_host_and_global_concurrency_caps(inst):
     g = SessionGroup()
     with Sink("127.0.1.4", delay=0.05, group=g) as s1, Sink("127.0.1.5", delay=0.05, group=g) as s2:
-        route(inst, [("one.test", "127.0.1.4", s1.port), ("two.test", "127.0.1.5", s2.port)])
+        inst.route([("one.test", "127.0.1.4", s1.port), ("two.test", "127.0.1.5", s2.port)])
         inst.control("concurrencyperhost", "3\n")
         inst.control("concurrencyremote", "5\n")
         inst.start("--workers", "1")
@@ -70,7 +66,7 @@ def test_per_host_and_global_concurrency_caps(inst):
 
 def test_throttled_host_gets_everything_with_few_refusals(inst):
     with Sink("127.0.1.6", max_sessions=3) as s:
-        route(inst, [("", "127.0.1.6", s.port)])
+        inst.route([("", "127.0.1.6", s.port)])
         inst.control("concurrencyperhost", "10\n")
         inst.start("--workers", "1")
         n = 1000
@@ -85,7 +81,7 @@ def test_5xx_bounces_qsbmf_and_4xx_retries(inst):
     with Sink("127.0.1.7", rcpt_reply={"bad@x.test": "550 no such user here",
                                        "later@x.test": "451 try again later"}) as s, \
             Sink("127.0.1.8") as home:
-        route(inst, [("x.test", "127.0.1.7", s.port), ("home.test", "127.0.1.8", home.port)])
+        inst.route([("x.test", "127.0.1.7", s.port), ("home.test", "127.0.1.8", home.port)])
         inst.start()
         assert inst.inject("sender@home.test", ["ok@x.test", "bad@x.test", "later@x.test"]) == 0
         home.wait_for(1, 30)
@@ -107,7 +103,7 @@ def test_5xx_bounces_qsbmf_and_4xx_retries(inst):
 
 def test_hang_mid_data_defers_never_delivers(inst):
     with Sink("127.0.1.9", hang_after_354=True) as s:
-        route(inst, [("", "127.0.1.9", s.port)])
+        inst.route([("", "127.0.1.9", s.port)])
         inst.control("timeoutremote", "1\n")
         inst.start()
         assert inst.inject("a@mx.test", ["v@slow.test"]) == 0
@@ -119,7 +115,7 @@ def test_hang_mid_data_defers_never_delivers(inst):
 
 def test_new_message_starts_promptly(inst):
     with Sink("127.0.1.10") as s:
-        route(inst, [("", "127.0.1.10", s.port)])
+        inst.route([("", "127.0.1.10", s.port)])
         inst.start()
         assert inst.inject("a@mx.test", ["first@p.test"]) == 0
         s.wait_for(1, 30)  # the scheduler is up and idle now
@@ -132,7 +128,7 @@ def test_new_message_starts_promptly(inst):
 
 def test_hostrate_spaces_transactions_to_a_host(inst):
     with Sink("127.0.1.11") as s:
-        route(inst, [("", "127.0.1.11", s.port)])
+        inst.route([("", "127.0.1.11", s.port)])
         inst.control("hostrate", "127.0.1.11:20\n")
         inst.control("concurrencyperhost", "5\n")
         inst.start()

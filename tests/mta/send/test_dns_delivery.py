@@ -7,20 +7,12 @@ smtproutes line ``.test::PORT`` keeps the MX lookup but connects on the sinks' p
 
 import time
 
-import pytest
 
-from tests.harness import Instance
 from tests.sink import Sink
 
 PORT_HOST = "127.0.1.21"
 SELF_IP = "127.0.1.23"
 
-
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
 
 
 def _zone(mx_ip: str) -> dict:

@@ -7,25 +7,14 @@ what the queue, the sinks and log/send show. Kills are real SIGKILLs.
 
 import email
 import email.policy
-import os
 import signal
 import time
 
 import pytest
 
-from tests.harness import Instance
 from tests.sink import Sink
 
 
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
-
-
-def route(inst, pairs):
-    inst.control("smtproutes", "".join(f"{d}:{h}:{p}\n" for d, h, p in pairs))
 
 
 def deferred(inst, n):
@@ -47,7 +36,7 @@ def rcpts_of(sink):
 ])
 def test_temporary_refusals_defer_without_bounce(inst, fault, host):
     with Sink(host, **fault) as s, Sink("127.0.1.30") as home:
-        route(inst, [("x.test", host, s.port), ("home.test", "127.0.1.30", home.port)])
+        inst.route([("x.test", host, s.port), ("home.test", "127.0.1.30", home.port)])
         inst.start()
         assert inst.inject("sender@home.test", ["a@x.test", "b@x.test"]) == 0
         inst.wait_until(lambda: deferred(inst, 2), 30, f"both recipients deferred after {fault}")
@@ -84,7 +73,7 @@ def test_554_greeting_falls_back_to_the_next_mx(inst, dns_server):
 
 def test_slow_host_capped_and_does_not_starve_others(inst):
     with Sink("127.0.1.37", delay=1.0) as slow, Sink("127.0.1.38") as quick:
-        route(inst, [("slow.test", "127.0.1.37", slow.port),
+        inst.route([("slow.test", "127.0.1.37", slow.port),
                      ("quick.test", "127.0.1.38", quick.port)])
         inst.control("concurrencyperhost", "5\n")
         # VERP: 50 transactions (as 50 messages) to the slow host, queued first
@@ -103,7 +92,7 @@ def test_slow_host_capped_and_does_not_starve_others(inst):
 
 def test_kill_while_sink_holds_final_reply_redelivers(inst):
     with Sink("127.0.1.39", delay=30) as s:
-        route(inst, [("", "127.0.1.39", s.port)])
+        inst.route([("", "127.0.1.39", s.port)])
         inst.start()
         assert inst.inject("a@mx.test", ["held@q.test"]) == 0
         s.wait_until(lambda: s.holding == 1, 20, "the final dot to be held")
@@ -119,7 +108,7 @@ def test_kill_while_sink_holds_final_reply_redelivers(inst):
 
 def test_killed_scheduler_orphans_never_race_the_restart(inst):
     with Sink("127.0.1.40", delay=30) as s:
-        route(inst, [("", "127.0.1.40", s.port)])
+        inst.route([("", "127.0.1.40", s.port)])
         inst.control("concurrencyperhost", "5\n")
         inst.start("--workers", "1")
         rcpts = [f"r{i}@stall.test" for i in range(5)]
@@ -137,7 +126,7 @@ def test_killed_scheduler_orphans_never_race_the_restart(inst):
 
 def test_crash_after_preprocess_delivers_each_once(inst):
     with Sink("127.0.1.41") as s:
-        route(inst, [("", "127.0.1.41", s.port)])
+        inst.route([("", "127.0.1.41", s.port)])
         assert inst.inject("a@mx.test", ["one@p.test", "two@p.test"]) == 0
         inst.start(env={"MTA_CRASH_AT": "after_preprocess"})
         assert inst.proc.wait(20) == -signal.SIGKILL
@@ -153,7 +142,7 @@ def test_crash_after_preprocess_delivers_each_once(inst):
 def test_queue_lifetime_expiry_bounces(inst):
     with Sink("127.0.1.42", rcpt_reply={"late@x.test": "451 not now"}) as s, \
             Sink("127.0.1.43") as home:
-        route(inst, [("x.test", "127.0.1.42", s.port), ("home.test", "127.0.1.43", home.port)])
+        inst.route([("x.test", "127.0.1.42", s.port), ("home.test", "127.0.1.43", home.port)])
         inst.control("queuelifetime", "4\n")
         inst.start()
         t0 = time.monotonic()
@@ -181,7 +170,7 @@ def test_double_bounce_then_triple_bounce_discarded(inst):
     with Sink("127.0.1.44", rcpt_reply={"bad@x.test": "550 no such user"}) as s, \
             Sink("127.0.1.45", rcpt_reply={"gone@home.test": "550 sender gone"}) as home, \
             Sink("127.0.1.46") as pm:
-        route(inst, [("x.test", "127.0.1.44", s.port), ("home.test", "127.0.1.45", home.port),
+        inst.route([("x.test", "127.0.1.44", s.port), ("home.test", "127.0.1.45", home.port),
                      ("pm.test", "127.0.1.46", pm.port)])
         inst.control("doublebouncehost", "pm.test\n")
         inst.control("doublebounceto", "boss\n")
@@ -205,7 +194,7 @@ def test_double_bounce_then_triple_bounce_discarded(inst):
 def test_dsn_bounce_parses_as_multipart_report(inst):
     with Sink("127.0.1.47", rcpt_reply={"bad@x.test": "550 5.1.1 no such user"}) as s, \
             Sink("127.0.1.48") as home:
-        route(inst, [("x.test", "127.0.1.47", s.port), ("home.test", "127.0.1.48", home.port)])
+        inst.route([("x.test", "127.0.1.47", s.port), ("home.test", "127.0.1.48", home.port)])
         inst.control("bounceformat", "dsn\n")
         inst.start()
         assert inst.inject("sender@home.test", ["bad@x.test"],

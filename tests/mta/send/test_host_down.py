@@ -8,17 +8,9 @@ a second message to it while it is down is deferred without a connection attempt
 
 from __future__ import annotations
 
-import pytest
 
-from tests.harness import Instance
 from tests.sink import Sink
 
-
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
 
 
 def deferred(inst) -> int:

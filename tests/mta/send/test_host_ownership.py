@@ -16,20 +16,12 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-import pytest
 
 from mta.send.owners import worker_for
-from tests.harness import Instance
 from tests.sink import Sink
 
 CANDIDATES = [f"127.0.1.{i}" for i in range(80, 120)]
 
-
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
 
 
 def _pick(owner: int, n: int, taken: set) -> list[str]:

@@ -5,19 +5,11 @@ smtproutes keeps the MX lookup but connects on the sinks' port. No scheduler
 options: the addresses come from mta.ipme, as in production.
 """
 
-import pytest
 
-from tests.harness import Instance
 from tests.sink import Sink
 
 MX_IP = "127.0.1.71"
 
-
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
 
 
 def test_mx_pointing_at_this_machine_bounces_5_4_6(inst, dns_server):

@@ -16,15 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from tests.harness import Instance
 from tests.sink import Sink
 
-
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
 
 
 @pytest.fixture

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import Instance
 from tests.sink import Sink
 
 
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
-
-
-def route(inst, pairs):
-    inst.control("smtproutes", "".join(f"{d}:{h}:{p}\n" for d, h, p in pairs))
 
 
 def delivered(*sinks) -> list[str]:
@@ -30,7 +20,7 @@ def delivered(*sinks) -> list[str]:
 
 def test_hostconcurrency_override_caps_one_host_only(inst):
     with Sink("127.0.2.1", delay=0.1) as low, Sink("127.0.2.2", delay=0.1) as high:
-        route(inst, [("low.test", "127.0.2.1", low.port), ("high.test", "127.0.2.2", high.port)])
+        inst.route([("low.test", "127.0.2.1", low.port), ("high.test", "127.0.2.2", high.port)])
         inst.control("concurrencyperhost", "10\n")
         inst.control("hostconcurrency", "127.0.2.1:2\n")
         rcpts = [f"u{i}@{d}" for i in range(40) for d in ("low.test", "high.test")]
@@ -51,7 +41,7 @@ def test_domains_sharing_a_host_share_its_connections(inst, verp):
     per_host = 3
     domains = [f"d{i}.test" for i in range(40)]
     with Sink("127.0.2.3") as s:
-        route(inst, [(d, "127.0.2.3", s.port) for d in domains])
+        inst.route([(d, "127.0.2.3", s.port) for d in domains])
         inst.control("concurrencyperhost", f"{per_host}\n")
         if verp:  # one message, one transaction a recipient: 200 transactions
             rcpts = [f"u{i}@{d}" for i in range(5) for d in domains]

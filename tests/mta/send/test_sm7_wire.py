@@ -13,9 +13,7 @@ import asyncio
 import re
 import threading
 
-import pytest
 
-from tests.harness import Instance
 
 SM7_BODY = b"a\r.\nMAIL FROM:<x@y>\n"  # security matrix SM7
 BODY = SM7_BODY + b".dot line\n..two dots\nlast\n"
@@ -102,12 +100,6 @@ class RawReceiver:
         finally:
             writer.close()
 
-
-@pytest.fixture
-def inst(tmp_path):
-    i = Instance(tmp_path)
-    yield i
-    i.cleanup()
 
 
 def test_stray_cr_is_normalized_and_dots_stuffed_on_the_wire(inst):
