@@ -32,7 +32,9 @@ _TRANS = str.maketrans({chr(k): v for k, v in _TABLE.items()})
 
 
 def safe(text: str) -> str:
-    return "".join(c if ord(c) < 256 else "_" for c in text).translate(_TRANS)
+    if not text.isascii():  # rare: characters past Latin-1 become "_" (one pass in C otherwise)
+        text = "".join(c if ord(c) < 256 else "_" for c in text)
+    return text.translate(_TRANS)
 
 
 class SendLog:

@@ -176,3 +176,15 @@ def test_dns_failures_pass_through(resolver):
     assert run(resolve_destination("sick.test", (), resolver)) == TempFail(TEMP_DNS, "4.1.2")
     got = run(resolve_destination("gone.test", (), resolver))
     assert isinstance(got, PermFail) and got.dsn == "5.1.2"
+
+
+def test_route_table_is_cached_per_tuple_and_a_new_tuple_is_honoured():
+    first = parse_routes(["a.test:relay1.test", ".b.test:relay2.test", ":default.test"])
+    assert route_for("A.test", first).host == "relay1.test"
+    assert route_for("x.b.test", first).host == "relay2.test"
+    assert route_for("a.test", first) is route_for("a.test", first)
+    reloaded = parse_routes(["a.test:relay3.test"])  # SIGHUP: a new tuple
+    assert route_for("a.test", reloaded).host == "relay3.test"
+    assert route_for("x.b.test", reloaded) is None
+    assert route_for("a.test", list(first)).host == "relay1.test"  # any iterable still works
+    assert route_for("a.test", first).host == "relay1.test"
