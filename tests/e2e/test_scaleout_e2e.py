@@ -66,6 +66,19 @@ class Machine:
                     assert time.monotonic() < deadline, f"{self.ip}:{port} not listening"
                     time.sleep(0.05)
 
+    def kill(self):
+        """SIGKILL the whole machine (every component) and wait until its QMQP port is dead."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((self.ip, self.qmqp), 0.5).close()
+            except OSError:
+                return
+            assert time.monotonic() < deadline, f"{self.ip}:{self.qmqp} still answers after kill"
+            time.sleep(0.05)
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -139,7 +152,9 @@ def test_post_split_across_two_machines_each_recipient_once(setup):
 
 def test_machine_down_before_handover_other_takes_its_part(setup):
     host, post, (m2, s2), (m3, s3) = setup
-    m2.start()  # m3 never starts: it is down for the whole handover
+    m2.start()
+    m3.start()
+    m3.kill()  # killed before the handover: down for the whole of it
     ezlist(host, "send", "news", str(post), "--no-wait")
     wait_total([s2], N, 240)
     got = delivered(s2)
