@@ -3,9 +3,9 @@
 Every subcommand finds its instance from ``--root DIR``, else ``$MTA_ROOT``, else
 ``./var``. Errors are printed on stderr with a non-zero exit: ``mta inject`` exits
 100 for a permanent problem (bad input) and 111 for a temporary one (qmail's
-convention); the other subcommands exit 1 on an error (click's), 2 on bad usage.
-``mta start`` and ``mta send`` refuse to start on a malformed control file, naming
-the file and the line, before anything runs.
+convention); a malformed control file makes ``mta start``, ``mta send`` and
+``mta showctl`` exit 111 (temporary: fix it and start again), naming the file and the
+line, before anything runs; other errors exit 1 (click's), bad usage 2.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from cli import TempFailure
 
 from cli.mta_queue_cmds import QUEUE_COMMANDS
 from mta.instance import InstanceError, find_root, init_instance
@@ -34,7 +36,7 @@ def _control(root: Path):
     try:
         return load_control(root)
     except ControlError as e:
-        raise click.ClickException(str(e)) from e
+        raise TempFailure(str(e)) from e
 
 
 @main.command()

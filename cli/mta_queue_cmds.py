@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from cli import TempFailure
+
 __all__ = ["QUEUE_COMMANDS"]
 
 
@@ -143,7 +145,7 @@ def send_cmd(root: Path, workers, verbose) -> None:
     try:
         load_control(root)
     except ControlError as e:
-        raise click.ClickException(f"refusing to start: {e}") from e
+        raise TempFailure(f"refusing to start: {e}") from e
     scheduler = Scheduler(root, workers=workers, echo=verbose)
     uvloop.run(scheduler.run())
     sys.exit(getattr(scheduler, "exit_code", 0))

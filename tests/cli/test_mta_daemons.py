@@ -105,7 +105,7 @@ def test_daemons_refuse_a_malformed_control_file(inst, name, text, line):
                              stderr=subprocess.PIPE, start_new_session=True)
         inst.groups.append(p.pid)  # should anything start after all, cleanup() kills it
         err = p.communicate(timeout=30)[1]
-        assert p.returncode != 0, (argv, err)
+        assert p.returncode == 111, (argv, err)  # qmail: temporary, fix and start again
         assert f"control/{name} line {line}".encode() in err, (argv, err)
     lock = inst.root / "queue" / "lock"
     assert not (lock / "sendpid").exists() and not (lock / "qq.sock").exists()
