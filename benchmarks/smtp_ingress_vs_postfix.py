@@ -64,6 +64,7 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK")
 CODE = [Path(__file__).resolve().parent.parent]  # where our mta package is imported from
 OURS_DIR = ["/var/spool"]  # where our instance is made: next to Postfix's queue (see --dir)
+LISTENERS = [1]  # our SMTP listener processes (--listeners)
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PF_DIR = Path("/etc/postfix-ingress")
@@ -177,6 +178,19 @@ def stop_profilers(procs: list) -> None:
         p.wait(60)
 
 
+def wait_bound(port: int, pids: list[int], timeout: float = 30) -> None:
+    """Until every listener process holds a socket on ``port`` (ss -ltnp)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True,
+                             text=True).stdout
+        if all(f"pid={pid}," in out for pid in pids):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"listeners {pids} not all bound to {port}: {out}")
+        time.sleep(0.05)
+
+
 def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
              tag: str = "", code: Path | None = None, extra_env: dict | None = None) -> dict:
     base = Path(tempfile.mkdtemp(prefix="mta-ingress-", dir=OURS_DIR[0]))
@@ -192,17 +206,23 @@ def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
                                  stderr=err, cwd=code)
     while not (root / "queue" / "lock" / "qq.sock").exists():
         time.sleep(0.02)
-    listener = subprocess.Popen([PY, "-m", "mta.listen", "--root", str(root), "--smtp",
-                                 f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL,
-                                cwd=code)
+    share = ["--share", str(LISTENERS[0])] if LISTENERS[0] > 1 else []
+    listeners = [subprocess.Popen([PY, "-m", "mta.listen", "--root", str(root), "--smtp",
+                                   f"127.0.0.1:{port}", *share], env=env,
+                                  stderr=subprocess.DEVNULL, cwd=code)
+                 for _ in range(LISTENERS[0])]
     try:
         wait_smtp(port)
-        spies = start_profilers({"listen": listener.pid, "queued": owner.pid}, prof_dir, tag)
-        procs = {"listen": listener.pid, "queued": owner.pid}
-        before = cpu_snapshot([owner.pid, listener.pid])
+        wait_bound(port, [p.pid for p in listeners])
+        procs = {("listen" if i == 0 else f"listen{i + 1}"): p.pid
+                 for i, p in enumerate(listeners)}
+        spies = start_profilers(dict(procs, queued=owner.pid), prof_dir, tag)
+        procs["queued"] = owner.pid
+        pids = list(procs.values())
+        before = cpu_snapshot(pids)
         split0 = {name: user_sys(pid) for name, pid in procs.items()}
         wall = smtp_source(port, n, sessions, size)
-        cpu = cpu_delta(before, cpu_snapshot([owner.pid, listener.pid]))
+        cpu = cpu_delta(before, cpu_snapshot(pids))
         split = split_ms(split0, {name: user_sys(pid) for name, pid in procs.items()}, n)
         stop_profilers(spies)
         with sqlite3.connect(root / "queue" / "queue.db") as db:
@@ -210,7 +230,7 @@ def run_ours(n: int, sessions: int, size: int, prof_dir: Path | None = None,
         if queued != n:
             raise SystemExit(f"ours: smtp-source sent {n} messages but {queued} are queued")
     finally:
-        for p in (listener, owner):
+        for p in (*listeners, owner):
             p.terminate()
             p.wait(30)
         stats = [line.partition("stopping: ")[2] for line in owner_log.read_text().splitlines()
@@ -335,6 +355,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-postfix", action="store_true")
+    ap.add_argument("--listeners", type=int, default=1, metavar="N",
+                    help="our SMTP listener processes on the port (mta start --smtp-procs N)")
     ap.add_argument("--json", type=Path, help="write raw figures, command and commit here")
     ap.add_argument("--code", type=Path, help="run our engine from this folder (one holding"
                     " mta/, e.g. an older commit's `git archive`); default: this checkout")
@@ -347,6 +369,7 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy raw stacks of our two processes, one file a run")
     a = ap.parse_args()
+    LISTENERS[0] = max(1, a.listeners)
     if a.code:
         CODE[0] = a.code.resolve()
     OURS_DIR[0] = a.dir

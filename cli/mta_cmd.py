@@ -115,8 +115,10 @@ def _hostport(ctx, param, value):
 @click.option("--progress", default=None, callback=_hostport,
               help="read-only progress endpoint for list hosts (see README)")
 @click.option("--workers", type=int, default=None, help="remote worker processes")
+@click.option("--smtp-procs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="SMTP listener processes sharing the port (SO_REUSEPORT; caps split)")
 @click.pass_obj
-def start(root: Path, smtp, qmtp, qmqp, progress, workers) -> None:
+def start(root: Path, smtp, qmtp, qmqp, progress, workers, smtp_procs) -> None:
     """Start the listeners, the scheduler and the delivery workers; supervise them."""
     import uvloop
 
@@ -127,9 +129,10 @@ def start(root: Path, smtp, qmtp, qmqp, progress, workers) -> None:
     try:
         load_access(root)
     except AccessError as e:
-        raise click.ClickException(f"refusing to start: {e}") from e
+        raise TempFailure(f"refusing to start: {e}") from e
     click.echo(f"mta: instance {root}; smtp {smtp}; qmtp {qmtp}; qmqp {qmqp}", err=True)
-    sys.exit(uvloop.run(Supervisor(root, smtp, qmtp, qmqp, workers, progress).run()))
+    sys.exit(uvloop.run(Supervisor(root, smtp, qmtp, qmqp, workers, progress,
+                                   smtp_procs=smtp_procs).run()))
 
 
 for _command in QUEUE_COMMANDS:

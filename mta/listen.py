@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -93,28 +94,37 @@ def make_rcpt_exists(ctl, root: Path):
     return rcpt_exists
 
 
-def smtp_policy(root: Path) -> SmtpPolicy:
+def smtp_policy(root: Path, share: int = 1) -> SmtpPolicy:
+    """The SMTP policy from the control files; with ``share`` = N listener processes on
+    one port, each takes 1/N of the connection caps (rounded up)."""
     ctl = load_control(root)
-    return SmtpPolicy.from_control(ctl, access=load_access(root),
-                                   rcpt_exists=make_rcpt_exists(ctl, root))
+    policy = SmtpPolicy.from_control(ctl, access=load_access(root),
+                                     rcpt_exists=make_rcpt_exists(ctl, root))
+    if share > 1:
+        policy = dataclasses.replace(policy, max_connections=-(-policy.max_connections // share),
+                                     max_per_ip=-(-policy.max_per_ip // share))
+    return policy
 
 
-async def run_smtp(root: Path, host: str, port: int, direct: bool = False) -> None:
-    policy = smtp_policy(root)
+async def run_smtp(root: Path, host: str, port: int, direct: bool = False,
+                   share: int = 1) -> None:
+    """One SMTP listener; with ``share`` > 1 one of that many on the port (SO_REUSEPORT:
+    the kernel spreads new connections over them, so both cores accept and parse)."""
+    policy = smtp_policy(root, share)
     submit = make_submit(root, direct=direct, strip=True)
     listeners = []
     server = await open_smtp_server(host, port, policy=policy, submit=submit,
                                     ssl_context=load_server_tls(root),
-                                    on_listener=listeners.append)
+                                    on_listener=listeners.append, reuse_port=share > 1)
     log.info("smtp listening on %s:%d", host, port)
     timeout = min(float(policy.timeoutsmtpd), DRAIN_MAX)
-    await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root),
+    await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root, share),
                             drain=lambda: drain_sessions(listeners[0], timeout), root=root)
 
 
-def _reload_smtp(listener, root: Path) -> None:
+def _reload_smtp(listener, root: Path, share: int = 1) -> None:
     try:
-        listener.policy = smtp_policy(root)
+        listener.policy = smtp_policy(root, share)
     except (ControlError, AccessError) as e:
         log.error("alert: unable to reread controls, keeping the old ones: %s", e)
         return
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--smtp", type=_hostport)
     group.add_argument("--qmtp", type=_hostport)
     group.add_argument("--qmqp", type=_hostport)
+    ap.add_argument("--share", type=int, default=1, metavar="N",
+                    help="SMTP: one of N listener processes on the port (SO_REUSEPORT)")
     ap.add_argument("--direct", action="store_true",
                     help="write the queue here instead of through the queue owner")
     args = ap.parse_args(argv)
@@ -226,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.smtp:
-            uvloop.run(run_smtp(args.root, *args.smtp, direct=args.direct))
+            uvloop.run(run_smtp(args.root, *args.smtp, direct=args.direct, share=args.share))
         elif args.qmtp:
             uvloop.run(run_qmtp(args.root, *args.qmtp, direct=args.direct))
         else:

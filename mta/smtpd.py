@@ -321,18 +321,20 @@ class SmtpProtocol(asyncio.Protocol):
 async def open_smtp_server(host: str, port: int, *, policy: SmtpPolicy, submit: Submit,
                            ssl_context: ssl.SSLContext | None = None,
                            clock: Callable[[], float] = time.time,
-                           on_listener: Callable[[Any], None] | None = None) -> asyncio.Server:
+                           on_listener: Callable[[Any], None] | None = None,
+                           reuse_port: bool = False) -> asyncio.Server:
     """Listen on ``host:port`` (port 0 = any free port); close the returned server when done.
 
     ``on_listener`` receives the shared listener state; assigning a new policy to its
     ``policy`` attribute applies to connections accepted afterwards (SIGHUP reload).
+    ``reuse_port`` lets several processes listen on the same port (SO_REUSEPORT).
     """
     listener = _Listener(policy, submit, ssl_context, clock)
     if on_listener is not None:
         on_listener(listener)
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: SmtpProtocol(listener), host, port,
-                                    backlog=1024, reuse_address=True)
+                                    backlog=1024, reuse_address=True, reuse_port=reuse_port)
 
 
 async def serve_smtp(host: str, port: int, *, policy: SmtpPolicy, submit: Submit,

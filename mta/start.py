@@ -54,7 +54,7 @@ class Component:
 
 class Supervisor:
     def __init__(self, root: Path, smtp: tuple[str, int] | None, qmtp=None, qmqp=None,
-                 workers: int | None = None, progress=None):
+                 workers: int | None = None, progress=None, smtp_procs: int = 1):
         py = sys.executable
         r = str(root)
         self.root = root
@@ -65,9 +65,13 @@ class Supervisor:
         self.components = [self.owner, Component("send", send)]
         for proto, addr in (("smtp", smtp), ("qmtp", qmtp), ("qmqp", qmqp)):
             if addr:
-                self.components.append(Component(
-                    f"{proto} listener", [py, "-m", "mta.listen", "--root", r,
-                                          f"--{proto}", f"{addr[0]}:{addr[1]}"]))
+                argv = [py, "-m", "mta.listen", "--root", r, f"--{proto}", f"{addr[0]}:{addr[1]}"]
+                procs = smtp_procs if proto == "smtp" else 1
+                if procs > 1:
+                    argv += ["--share", str(procs)]
+                for n in range(procs):  # "smtp listener", "smtp listener 2", ...
+                    name = f"{proto} listener" + (f" {n + 1}" if n else "")
+                    self.components.append(Component(name, list(argv)))
         if progress:
             self.components.append(Component("progress endpoint", [
                 py, "-m", "mta.progress", "--root", r, "--listen", f"{progress[0]}:{progress[1]}"]))

@@ -1,0 +1,72 @@
+"""``mta start --smtp-procs 2``: two SMTP listener processes share the port (SO_REUSEPORT);
+either one serves, a killed one is restarted, and mail keeps flowing meanwhile."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import subprocess
+
+from tests.e2e.conftest import MTA, System, wait_until
+
+MSG = b"From: bob@t.example\r\nSubject: p{n}\r\n\r\nhello\r\n"
+
+
+class TwoListeners(System):
+    def start(self, env=None, timeout: float = 30.0) -> None:
+        self.runs += 1
+        with open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [MTA, "--root", str(self.root), "start", "--smtp", f"127.0.0.1:{self.port}",
+                 "--smtp-procs", "2"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.groups.append(self.proc.pid)
+        wait_until(self.accepting, timeout, lambda: f"port {self.port}: {self.output()[-2000:]}")
+
+    def listener_pids(self) -> list[int]:
+        text = self.out_path.read_text()
+        found = {}
+        for name, pid in re.findall(r"started (smtp listener(?: 2)?) \(pid (\d+)\)", text):
+            found[name] = int(pid)  # the latest start of each
+        return sorted(found.values())
+
+    def listening_pids(self) -> set[int]:
+        out = subprocess.run(["ss", "-Hltnp", f"sport = :{self.port}"], capture_output=True,
+                             text=True, timeout=10).stdout
+        return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+def _send(system, n: int) -> None:
+    with smtplib.SMTP("127.0.0.1", system.port, timeout=30) as s:
+        s.sendmail("bob@t.example", ["alice@local.test"], MSG.replace(b"{n}", str(n).encode()))
+
+
+def test_two_listeners_share_the_port_and_survive_a_kill(tmp_path):
+    system = TwoListeners(tmp_path)
+    try:
+        box = system.maildir("alice")
+        system.alias("alice", "./alice/\n")
+        system.start()
+        wait_until(lambda: len(system.listener_pids()) == 2, 20, "two listeners started")
+        first = system.listener_pids()
+        wait_until(lambda: system.listening_pids() >= set(first), 20,
+                   lambda: f"both {first} listening: {system.listening_pids()}")
+        for n in range(10):
+            _send(system, n)
+        os.kill(first[0], signal.SIGKILL)
+        # connections already queued on the dying socket are reset, as with one listener;
+        # once its socket is gone the kernel gives every new connection to the other one
+        wait_until(lambda: first[0] not in system.listening_pids(), 10, "the killed socket gone")
+        for n in range(10, 20):  # the other process takes every new connection meanwhile
+            _send(system, n)
+        wait_until(lambda: len(system.listener_pids()) == 2 and system.listener_pids() != first,
+                   20, "the killed listener restarted")
+        wait_until(lambda: system.listening_pids() >= set(system.listener_pids()), 20,
+                   "the restarted listener on the port again")
+        system.wait_until(lambda: len(box) == 20, 30, "all 20 messages delivered")
+        subjects = sorted(int(m["Subject"][1:]) for m in box.messages())
+        assert subjects == list(range(20))
+    finally:
+        system.cleanup()
