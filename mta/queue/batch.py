@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
-import itertools
 import os
 import sqlite3
 import sys
@@ -65,15 +63,13 @@ from mta.crashpoint import crash_point
 from mta.queue.errors import (
     EnvelopeFormatError, MessDirError, QueueDirError, QueueError, WriteError,
 )
-from mta.queue.inject import PendingBody, _abort, _check_address, _fsync, _mapped
+from mta.queue.inject import PendingBody, _abort, _check_address, _create_tmp, _fsync, _mapped
 from mta.queue.store import fsync_dir
 from mta.queue.trigger import poke_trigger
 
 __all__ = ["BatchItem", "enqueue_batch", "SYNCFS_AVAILABLE"]
 
 _FAULT = os.environ.get("MTA_FAULT", "")
-_seq = itertools.count()
-_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _INSERT_MSG = ("INSERT INTO messages (sender, bytes, created, qp, uid, nrcpt)"
                " VALUES (?, ?, ?, ?, ?, ?)")
 _INSERT_RCPT = "INSERT INTO recipients (msg, addr, domain) VALUES (?, ?, ?)"
@@ -189,29 +185,6 @@ def _write_body(tmpdir: str, received: bytes, message: bytes) -> PendingBody:
         body.discard()
         raise
     return body
-
-
-def _create_tmp(tmpdir: str) -> PendingBody:
-    """inject._create_tmp's protocol (O_EXCL, flock, same-inode check), on str paths."""
-    pid = os.getpid()
-    while True:
-        path = f"{tmpdir}/{pid}.{time.time_ns()}.b{next(_seq)}"
-        try:
-            fd = os.open(path, _O_TMP, 0o640)
-        except FileExistsError:
-            continue
-        except FileNotFoundError as exc:
-            raise QueueDirError(f"no {tmpdir}: {exc}") from exc
-        except OSError as exc:
-            raise WriteError(f"cannot create a file in {tmpdir}: {exc}") from exc
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False  # a cleaner took it between our open and our flock
-        if same:
-            return PendingBody(fd, path, 0)
-        os.close(fd)
 
 
 def _writev(fd: int, pieces: list[bytes]) -> int:

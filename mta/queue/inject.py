@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 from collections.abc import Iterable
 from io import IOBase
+from typing import BinaryIO
 
 from mta.crashpoint import crash_point
 from mta.queue.errors import (
@@ -250,14 +251,20 @@ def _check_address(addr: str) -> None:
         raise AddressTooLong(f"address longer than {ADDRESS_LIMIT} bytes: {addr[:60]}...")
 
 
-def _create_tmp(tmpdir: Path) -> PendingBody:
-    """Create and lock a fresh tmp file. A cleaner that locked and unlinked it
-    between our open and our flock is detected (the name no longer points at our
-    inode) and we start over."""
+_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _create_tmp(tmpdir: Path | str) -> PendingBody:
+    """Create and lock a fresh tmp file; its path is of ``tmpdir``'s type (the queue
+    owner's batch path passes a str: no pathlib per message). A cleaner that locked and
+    unlinked it between our open and our flock is detected (the name no longer points
+    at our inode) and we start over."""
+    pid = os.getpid()
     while True:
-        path = tmpdir / f"{os.getpid()}.{time.time_ns()}.{next(_seq)}"
+        name = f"{pid}.{time.time_ns()}.{next(_seq)}"
+        path = tmpdir / name if isinstance(tmpdir, Path) else f"{tmpdir}/{name}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            fd = os.open(path, _O_TMP, 0o640)
         except FileExistsError:
             continue
         except FileNotFoundError as exc:
