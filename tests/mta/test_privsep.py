@@ -52,6 +52,16 @@ def descendants(pid):
     return kids + [d for k in kids for d in descendants(k)]
 
 
+def stop_group(p):
+    """SIGTERM the process group of ``p`` (mta start), SIGKILL it after 30 s."""
+    os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+
 def wait_for(pred, timeout, what):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -153,9 +163,4 @@ def test_components_run_under_their_own_uids(public_dir):
         assert can_open_as(users["smtpd"], db) == 13
         assert can_open_as(users["queue"], db) == 0
     finally:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        stop_group(p)

@@ -4,14 +4,13 @@ through the queue owner's socket to every subscriber, with its VERP sender."""
 
 import os
 import pwd
-import signal
 import smtplib
 import subprocess
 
 import pytest
 
 from sink import Sink
-from test_privsep import BIN, free_port, public_dir, wait_for  # noqa: F401 (fixture)
+from test_privsep import BIN, free_port, public_dir, stop_group, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates users, switches uids")
 
@@ -51,9 +50,4 @@ def test_list_post_under_privsep_reaches_every_subscriber(public_dir):  # noqa: 
             got = sorted((r, m.sender) for m in sink.messages for r in m.rcpts)
             assert got == [(r, f"news-return-1-{r.replace('@', '=')}@local.test") for r in rcpts]
         finally:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+            stop_group(p)

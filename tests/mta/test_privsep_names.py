@@ -8,7 +8,6 @@ default ``mtad``/``mtaq``/``mtar``/``mtal``). The users are removed afterwards.
 
 import os
 import pwd
-import signal
 import smtplib
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import time
 
 import pytest
 
-from test_privsep import BIN, cmdline, descendants, free_port, uid_of, wait_for
+from test_privsep import BIN, cmdline, descendants, free_port, uid_of, wait_for, stop_group
 from test_privsep import public_dir  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates users, switches uids")
@@ -99,9 +98,4 @@ def test_names_from_control_users_are_created_and_used(public_dir, custom_users)
             time.sleep(0.05)
         assert next(new.iterdir()).stat().st_uid == uids["local"]
     finally:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        stop_group(p)
