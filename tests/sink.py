@@ -16,6 +16,10 @@ sessions (and the peak), and can be told to misbehave:
 - ``drop_in_data=True``: close the connection halfway through the message text;
 - ``group=SessionGroup()``: shared by several sinks to measure the global peak.
 
+``LoopThread`` is the background-thread asyncio runner under ``Sink``; other test peers
+(the TLS receiver, QMQP peers) reuse it: subclass, set ``host``, define ``async _serve()``
+that makes ``self._stop``, listens, calls ``self._ready.set()`` and returns once stopped.
+
 Use ``with Sink("127.0.1.1") as s:`` then ``s.port``, ``s.messages``,
 ``s.peak_sessions``, ``s.refused``, ``s.holding`` (sessions waiting out ``delay``),
 ``s.overlaps`` (recipients given by one session while another live session still
@@ -29,6 +33,32 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
+
+
+class LoopThread:
+    what = "test server"  # subclasses also provide ``host`` (a dataclass field, say)
+
+    def __enter__(self):
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"{self.what} on {self.host} did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        raise NotImplementedError  # each peer serves its own protocol
 
 
 @dataclass
@@ -59,7 +89,8 @@ class SessionGroup:
 
 
 @dataclass
-class Sink:
+class Sink(LoopThread):
+    what = "sink"
     host: str = "127.0.0.1"
     max_sessions: int = 0
     rcpt_reply: dict = field(default_factory=dict)
@@ -81,16 +112,7 @@ class Sink:
     def __enter__(self) -> "Sink":
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError(f"sink on {self.host} did not start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        return super().__enter__()
 
     def rcpt_count(self) -> int:
         with self._lock:
@@ -111,13 +133,6 @@ class Sink:
                 raise AssertionError(f"sink {self.host}:{self.port}: timed out after {timeout}s "
                                      f"waiting for {what}")
             time.sleep(0.02)
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        try:
-            self._loop.run_until_complete(self._serve())
-        finally:
-            self._loop.close()
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()

@@ -10,13 +10,12 @@ import asyncio
 import shutil
 import ssl
 import subprocess
-import threading
 from dataclasses import dataclass, field
 
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from tests.sink import Sink
+from tests.sink import LoopThread, Sink
 
 
 
@@ -42,7 +41,7 @@ class Got:
 
 
 @dataclass
-class TlsReceiver:
+class TlsReceiver(LoopThread):
     """An aiosmtpd server in a thread; records each message and whether it used TLS."""
 
     host: str
@@ -60,25 +59,6 @@ class TlsReceiver:
         self.got.append(Got(list(envelope.rcpt_tos), session.ssl is not None,
                             (session.ssl or {}).get("cipher")))
         return "250 ok"
-
-    def __enter__(self) -> "TlsReceiver":
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError(f"TLS receiver on {self.host} did not start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        try:
-            self._loop.run_until_complete(self._serve())
-        finally:
-            self._loop.close()
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
