@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 
 
 class LoopThread:
+    """Runs the subclass's ``async _serve()`` on its own event loop in a thread."""
+
     what = "test server"  # subclasses also provide ``host`` (a dataclass field, say)
 
     def __enter__(self):
@@ -55,10 +57,7 @@ class LoopThread:
         try:
             self._loop.run_until_complete(self._serve())
         finally:
-            self._loop.close()
-
-    async def _serve(self) -> None:
-        raise NotImplementedError  # each peer serves its own protocol
+            self._loop.close()  # ``_serve`` is the subclass's: it serves its own protocol
 
 
 @dataclass
