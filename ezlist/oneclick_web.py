@@ -19,13 +19,14 @@ Public:
 
 Failures: every bad request is a 4xx Response (400 malformed, 403 bad or stale
 token, 404 no such list, 405 other methods), never an exception;
-``sqlite3.Error``, ``OSError`` and ``QueueError`` become 503 (temporary: the
+``sqlite3.Error``, ``OSError``, ``QueueError`` and a damaged send record become 503 (temporary: the
 user may try again).
 """
 
 from __future__ import annotations
 
 import html
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -104,7 +105,8 @@ def handle_request(root: Path, method: str, query: str, body: bytes,
         if form.get("List-Unsubscribe") != ["One-Click"]:
             return Response(400, "The request did not say List-Unsubscribe=One-Click.")
         return _unsubscribe(cfg, root, req, int(time.time()) if now is None else now)
-    except (sqlite3.Error, OSError, QueueError) as e:
+    except (sqlite3.Error, OSError, QueueError, json.JSONDecodeError) as e:
+        # a damaged sends/NUM record, a locked database, a queue that refuses: temporary
         return Response(503, f"Temporary problem, please try again later ({type(e).__name__}).")
 
 

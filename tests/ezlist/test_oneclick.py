@@ -123,3 +123,10 @@ def test_archive_copy_has_no_post_key_the_queued_post_has(root, news):
     mess = (root / "queue" / "mess" / str(result.msg_id)).read_bytes()
     key = post_key(read_key(cfg.path), result.number).hex().encode()
     assert b"X-Mta-Rcpt-Token: " + key in mess
+
+
+def test_damaged_send_record_is_a_temporary_503_and_changes_nothing(root, news):
+    (news.path / fanout.SENDS / "5").write_text("{not json")
+    got = handle_request(root, "POST", _query(news, 5, "Jo@ex.org"), ONE_CLICK, now=T0 + 20)
+    assert got.status == 503 and "try again" in got.text
+    assert _members(news) == ["Jo@ex.org", "ann@ex.org"] and _queued(root) == []
