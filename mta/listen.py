@@ -19,7 +19,8 @@ QMQP keeps it: it is the access-controlled handover from a list host to delivery
 machines (scale-out), which must fill the tokens.
 
 Recipient checks at RCPT time: an address in a local domain with no dot-qmail file
-(and so no list either) gets 550 (``mta.local.has_delivery``).
+(and so no list either) gets 550 (``mta.local.has_delivery``, its answers cached while
+alias/ is unchanged: ``mta.local.rcpt_cache``).
 
 SIGHUP re-reads the control files into a fresh policy for new connections; a bad
 file keeps the old policy and logs why. SIGTERM stops accepting; an idle SMTP
@@ -42,7 +43,7 @@ from typing import Callable
 
 from mta.access import AccessError, load_access
 from mta.control import ControlError, load_control
-from mta.local import has_delivery
+from mta.local.rcpt_cache import DeliveryCache
 from mta.privsep import drop_to
 from mta.qq_client import QqClient, QqError, socket_path
 from mta.queue import QueueError, enqueue
@@ -85,11 +86,11 @@ def make_submit(root: Path, *, direct: bool = False, strip: bool = False):
 
 
 def make_rcpt_exists(ctl, root: Path):
-    alias = root / "alias"
+    delivers = DeliveryCache(root / "alias")
 
     def rcpt_exists(address: str) -> bool:
         local = ctl.local_part_for(address)
-        return True if local is None else has_delivery(alias, local)
+        return True if local is None else delivers(local)
 
     return rcpt_exists
 

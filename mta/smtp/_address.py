@@ -27,6 +27,7 @@ MAX_PATH = 256  # RFC 5321 4.5.3.1.3
 _ATOM_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+\Z")
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?\Z")
+_SIMPLE = re.compile(rf"([A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.-]{{1,{MAX_LOCAL_PART}}})@({_LABEL}(?:\.{_LABEL})*\.?)\Z")
 _PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[!-<>-~]+)?\Z")
 
 
@@ -58,7 +59,9 @@ def split_argument(text: str, keyword: str) -> tuple[str, list[str]]:
         raise AddressError(R.R555_SYNTAX)
     rest = rest.lstrip(" ")
     if rest.startswith("<"):
-        end = _closing_bracket(rest)
+        end = rest.find(">") if '"' not in rest else _closing_bracket(rest)
+        if end < 0:
+            raise AddressError(R.R555_SYNTAX)
         path, tail = rest[1:end], rest[end + 1 :]
         if tail and not tail.startswith(" "):
             raise AddressError(R.R555_SYNTAX)
@@ -88,6 +91,14 @@ def _closing_bracket(rest: str) -> int:
 
 def parse_mailbox(path: str) -> ParsedAddress:
     """Parse a non-empty path (without the angle brackets)."""
+    simple = _SIMPLE.match(path)  # the common plain local@domain: one regex
+    if simple is not None and len(path) <= MAX_PATH:
+        return ParsedAddress(simple[1], simple[2].lower(), False, False)
+    return _parse_general(path)
+
+
+def _parse_general(path: str) -> ParsedAddress:
+    """Every form: quotes, backslashes, source routes, literals, no @."""
     if len(path) > MAX_PATH:
         raise AddressError(R.R501_ADDRESS_TOO_LONG)
     if not path.isascii() or any(ord(c) < 33 and c != " " or ord(c) == 127 for c in path):

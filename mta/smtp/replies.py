@@ -6,13 +6,16 @@ situation we use qmail's words (``qmail-smtpd.c``); the rest follow Postfix, wit
 RFC 3463 enhanced status code. Templates containing ``{me}`` (or another field) are
 filled with ``str.format`` by the server.
 
-Public names: the ``R<code>_<WHAT>`` constants below and ``BARE_LF_URL``.
+Public names: the ``R<code>_<WHAT>`` constants below and ``BARE_LF_URL``;
+``wire(line)``, a reply line as bytes with its CRLF (the constants' bytes are made
+once), and ``ehlo_reply(me, size, starttls)``, the multi-line EHLO answer.
 
-How it fails: it does not; these are strings without CR or LF (the server adds the
-CRLF and builds multi-line replies itself).
+How it fails: it does not; these are strings without CR or LF.
 """
 
 from __future__ import annotations
+
+import functools
 
 BARE_LF_URL = "https://cr.yp.to/docs/smtplf.html"
 
@@ -69,3 +72,21 @@ R451_QQ = "451 {text}"
 R554_QQ = "554 {text}"
 R451_QQ_DEFAULT = "451 qq temporary problem (#4.3.0)"
 R554_TOO_MANY_HOPS = "554 too many hops, this message is looping (#5.4.6)"
+
+
+_WIRE = {v: v.encode("latin-1") + b"\r\n" for k, v in list(globals().items())
+         if k.startswith("R") and isinstance(v, str) and "{" not in v}
+
+
+def wire(line: str) -> bytes:
+    """``line`` as sent: latin-1 (unencodable characters as ?) and CRLF; constants precomputed."""
+    data = _WIRE.get(line)
+    return data if data is not None else line.encode("latin-1", "replace") + b"\r\n"
+
+
+@functools.lru_cache(maxsize=64)
+def ehlo_reply(me: str, size: int, starttls: bool) -> bytes:
+    """The multi-line EHLO answer (built once per name, size and STARTTLS offer)."""
+    words = [me] + [k.format(size=size) for k in EHLO_KEYWORDS] + ([EHLO_STARTTLS] if starttls else [])
+    lines = [f"250-{w}" for w in words[:-1]] + [f"250 {words[-1]}"]
+    return "\r\n".join(lines).encode("latin-1", "replace") + b"\r\n"

@@ -160,7 +160,7 @@ class SmtpServer:
         return out
 
     def _reply(self, line: str) -> None:
-        self._out.append(SendBytes(line.encode("latin-1", "replace") + b"\r\n"))
+        self._out.append(SendBytes(R.wire(line)))
 
     def _error(self, line: str) -> None:
         self._reply(line)
@@ -258,11 +258,8 @@ class SmtpServer:
         if not esmtp:
             self._reply(R.R250_HELO.format(me=self.policy.me))
             return
-        words = [self.policy.me] + [k.format(size=self.policy.size_limit) for k in R.EHLO_KEYWORDS]
-        if self.tls_available and not self.tls_active:
-            words.append(R.EHLO_STARTTLS)
-        lines = [f"250-{w}" for w in words[:-1]] + [f"250 {words[-1]}"]
-        self._out.append(SendBytes("\r\n".join(lines).encode("latin-1") + b"\r\n"))
+        self._out.append(SendBytes(R.ehlo_reply(self.policy.me, self.policy.size_limit,
+                                                self.tls_available and not self.tls_active)))
 
     def _mail(self, arg: str) -> None:
         if self.helo is None:
