@@ -7,7 +7,7 @@ enforces the RFC 5321 4.5.3.1 size limits and reports the old relay tricks
 (source routes, ``%``, ``!``, an ``@`` hidden in the local part).
 
 Public (to ``mta.smtp.server`` only): ``split_argument(text, keyword)``,
-``parse_mailbox(path)``, ``literal_ip(domain)``, ``ParsedAddress``, ``AddressError``,
+``parse_mailbox(path)``, ``mail_params_refusal(params, size_limit)``, ``literal_ip(domain)``, ``ParsedAddress``, ``AddressError``,
 ``MAX_LOCAL_PART`` (64), ``MAX_PATH`` (256).
 
 How it fails: ``AddressError(reply)`` carrying the reply constant to send; an
@@ -72,6 +72,22 @@ def split_argument(text: str, keyword: str) -> tuple[str, list[str]]:
         if not _PARAM.match(p):
             raise AddressError(R.R555_SYNTAX)
     return path, params
+
+
+def mail_params_refusal(params: list[str], size_limit: int) -> str:
+    """The reply refusing MAIL FROM's ESMTP ``params``, or "" when they are fine.
+
+    SIZE above ``size_limit`` gets 552 (RFC 1870 6.1, LM-4); BODY=7BIT/8BITMIME is
+    accepted; any other parameter gets 555."""
+    for param in params:
+        key, _, value = param.partition("=")
+        key = key.upper()
+        if key == "SIZE" and value.isdigit() and len(value) < 20:
+            if int(value) > size_limit:
+                return R.R552_TOO_BIG
+        elif not (key == "BODY" and value.upper() in ("7BIT", "8BITMIME")):
+            return R.R555_PARAMETER.format(param=key)
+    return ""
 
 
 def _closing_bracket(rest: str) -> int:

@@ -51,6 +51,7 @@ class SmtpPolicy:
     max_command_line: int = 512  # octets including CRLF, RFC 5321 4.5.3.1.4
     max_recipients: int = 100  # RFC 5321 4.5.3.1.8 minimum
     max_errors: int = 20  # Postfix smtpd_hard_error_limit
+    max_junk: int = 100  # NOOP/RSET/VRFY/HELP a session before each counts as an error
     max_connections: int = 1000
     max_per_ip: int = 50
     greet_delay: float = 0.0  # control/smtpgreetdelay; input before the greeting is an early talker

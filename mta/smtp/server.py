@@ -4,9 +4,7 @@ What it does: one ``SmtpServer`` per client connection parses commands and DATA,
 applies ``SmtpPolicy`` and returns events for the transport (``mta.smtpd``):
 ``SendBytes``, ``CloseConnection``, ``StartTls``, ``MessageReady``. No I/O, no clock.
 
-Public: ``SmtpServer``, ``State``, the events above, ``Event``; ``SmtpPolicy``
-(from ``mta.smtp.policy``).
-Transport calls: ``greet()``, ``refuse(reply)``, ``receive_data(data)``,
+Public: ``SmtpServer``, ``State``, the events above, ``Event``, ``SmtpPolicy``. Transport calls: ``greet()``, ``refuse(reply)``, ``receive_data(data)``,
 ``message_queued(stamp, qp)``, ``message_refused(temporary, text)``,
 ``tls_started()``, ``timed_out()``; each returns the events to act on, in order.
 
@@ -31,7 +29,8 @@ lines are kept byte-exact with bounded buffering (LM-3); over the size limit the
 rest is dropped and the end gets 552 (LM-4); 100 hops or more get 554 (LP2).
 
 How it fails: it raises nothing on bad input; every client error becomes a reply,
-counted, and ``max_errors`` of them end the session with 421 (LM-7). Calling the
+counted, and ``max_errors`` of them end the session with 421 (LM-7); so does each NOOP,
+RSET, VRFY or HELP past ``max_junk`` (Postfix's smtpd_junk_command_limit: no endless NOOPs). Calling the
 transport methods out of order raises ``RuntimeError`` (a bug in the caller).
 """
 
@@ -42,13 +41,15 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 from mta.smtp import replies as R
-from mta.smtp._address import AddressError, literal_ip, parse_mailbox, split_argument
+from mta.smtp._address import (AddressError, literal_ip, mail_params_refusal, parse_mailbox,
+                               split_argument)
 from mta.smtp._data import MAX_HOPS, DataReader, Progress, count_hops
 from mta.smtp.policy import SmtpPolicy
 
 __all__ = ["SmtpServer", "SmtpPolicy", "State", "SendBytes", "CloseConnection", "StartTls", "MessageReady", "Event"]
 
 MAX_SKIP = 65536  # an over-long command line longer than this ends the session (LM-2)
+_JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})  # commands that can hold a session
 _LAST_IN_GROUP = frozenset({"EHLO", "HELO", "DATA", "NOOP", "VRFY", "EXPN", "HELP"})
 
 
@@ -105,6 +106,7 @@ class SmtpServer:
         self._out: list[Event] = []
         self._skipping = 0  # bytes of an over-long command line dropped so far
         self._errors = 0
+        self._junk = 0  # NOOP, RSET, VRFY, HELP so far
         self.helo: str | None = None
         self.esmtp = False
         self._reset_transaction()
@@ -164,6 +166,9 @@ class SmtpServer:
 
     def _error(self, line: str) -> None:
         self._reply(line)
+        self._count_error()
+
+    def _count_error(self) -> None:
         self._errors += 1
         if self._errors >= self.policy.max_errors and self.state is not State.CLOSED:
             self._reply(R.R421_TOO_MANY_ERRORS.format(me=self.policy.me))
@@ -246,6 +251,9 @@ class SmtpServer:
             self._sync_error()  # RFC 2920 3.1; PL3, SM8
         elif verb in _HANDLERS:
             _HANDLERS[verb](self, arg)
+            self._junk += verb in _JUNK
+            if self._junk > self.policy.max_junk and verb in _JUNK:
+                self._count_error()
         else:
             self._error(R.R502_UNIMPLEMENTED)
 
@@ -277,16 +285,10 @@ class SmtpServer:
         except AddressError as e:
             self._error(e.reply)
             return
-        for param in params:
-            key, _, value = param.partition("=")
-            key = key.upper()
-            if key == "SIZE" and value.isdigit() and len(value) < 20:
-                if int(value) > self.policy.size_limit:  # RFC 1870 6.1; LM-4
-                    self._error(R.R552_TOO_BIG)
-                    return
-            elif not (key == "BODY" and value.upper() in ("7BIT", "8BITMIME")):
-                self._error(R.R555_PARAMETER.format(param=key))
-                return
+        refusal = mail_params_refusal(params, self.policy.size_limit)
+        if refusal:
+            self._error(refusal)
+            return
         self.sender = sender
         self._reply(R.R250_SENDER_OK)
 
