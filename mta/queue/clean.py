@@ -12,10 +12,18 @@ while injectors are writing). It removes:
   process holds the database write lock (BEGIN IMMEDIATE): a live injector holds
   that lock from the INSERT that allocates N to its COMMIT, so no live injection
   can be half-way while we look. The file's flock must be free too.
+- a ``queue/free/`` entry past ``free.FREE_CAP``, a non-empty one (a crash can keep
+  a recycling rename but lose its truncation) or a foreign one (not a regular
+  file of ours with one link; directories are left alone): see ``free.trim_pool``.
+  Unlinking a free file is always safe: a taker renaming it just fails and tries
+  the next one.
 
 ``remove_message(root, conn, msg_id)`` deletes a finished message: rows first (one
-transaction), then the file. A crash in between leaves a file without rows, which
-``clean_queue`` removes; never rows without their file.
+transaction), then the file. The file is emptied and moved to ``queue/free/`` for
+the next injection to reuse (``free.recycle_body``: only when the pool has room
+and no other process has the file open), else unlinked. A crash in between
+leaves a file without rows (possibly already emptied), which ``clean_queue``
+removes; never rows without their file.
 
 Public:
     clean_queue(root) -> int                    number of files removed
@@ -33,6 +41,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from mta.queue.free import recycle_body, trim_pool
 from mta.queue.store import fsync_dir, message_path, open_queue
 
 __all__ = ["clean_queue", "remove_message"]
@@ -52,6 +61,7 @@ def clean_queue(root: str | os.PathLike) -> int:
             conn.rollback()
     finally:
         conn.close()
+    removed += trim_pool(qdir / "free")
     if removed:
         fsync_dir(qdir / "tmp")
         fsync_dir(qdir / "mess")
@@ -115,7 +125,10 @@ def remove_message(root: str | os.PathLike, conn: sqlite3.Connection, msg_id: in
     except BaseException:
         conn.rollback()
         raise
+    path = message_path(root, msg_id)
+    if recycle_body(path):
+        return
     try:
-        os.unlink(message_path(root, msg_id))
+        os.unlink(path)
     except FileNotFoundError:
         return  # a previous attempt got this far, or clean_queue was faster

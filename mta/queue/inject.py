@@ -4,8 +4,10 @@ Theory of operation. A message becomes visible to the scheduler in one SQLite
 commit; everything before that commit is invisible and is removed by
 ``clean_queue`` if the injector dies:
 
-    1. write_body: create queue/tmp/<pid>.<ns>.<n> (O_EXCL) and flock it; write the
-       Received line and the message; fsync.           crash point after_mess_fsync
+    1. write_body: make queue/tmp/<pid>.<ns>.<n> and flock it: rename an emptied
+       file of queue/free/ there (free.py: the inode of a removed message, reused)
+       or create it (O_EXCL); write the Received line and the message; fsync.
+                                                       crash point after_mess_fsync
     2. commit_body: BEGIN IMMEDIATE (the queue's write lock); INSERT the messages
        row, which allocates the id N; rename tmp -> mess/N; fsync mess/; INSERT the
        recipient rows with executemany from a generator (streamed); UPDATE nrcpt.
@@ -13,10 +15,12 @@ commit; everything before that commit is invisible and is removed by
     3. COMMIT with synchronous=FULL (the WAL is fsynced). crash point after_commit
        Only now release the flock, then poke the trigger.
 
-Leftovers after a crash: a tmp/ file (step 1 or 2; its flock is free), or a
-mess/N file with no committed row (step 2; the rolled-back N may be reused, and
-the next rename then replaces the orphan). ``clean_queue`` removes both, holding
-the write lock so no live injector can be inside step 2 (see clean.py).
+Leftovers after a crash: a tmp/ file (step 1 or 2; its flock is free; it may be
+a recycled one, renamed from free/ before its truncation), or a mess/N file with
+no committed row (step 2; the rolled-back N may be reused, and the next rename
+then replaces the orphan). ``clean_queue`` removes both, holding the write lock
+so no live injector can be inside step 2 (see clean.py). A file left in free/ is
+no leftover: it is reused (or trimmed by ``clean_queue``).
 
 On any failure the injector removes its own file (mess/N before the rollback,
 while it still holds the write lock) and raises a QueueError.
@@ -64,6 +68,7 @@ from mta.queue.errors import (
     ADDRESS_LIMIT, AddressTooLong, EnvelopeFormatError, MessDirError, OutOfMemory,
     QueueDirError, QueueError, QueueTimeout, ReadError, WriteError,
 )
+from mta.queue.free import take_body
 from mta.queue.store import fsync_dir, message_path, open_queue
 from mta.queue.trigger import poke_trigger
 
@@ -252,17 +257,25 @@ def _check_address(addr: str) -> None:
 
 
 _O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_free_dirs: dict = {}  # tmpdir -> its sibling free/ (str)
 
 
 def _create_tmp(tmpdir: Path | str) -> PendingBody:
-    """Create and lock a fresh tmp file; its path is of ``tmpdir``'s type (the queue
-    owner's batch path passes a str: no pathlib per message). A cleaner that locked and
-    unlinked it between our open and our flock is detected (the name no longer points
-    at our inode) and we start over."""
+    """A locked, empty tmp file: a recycled one from queue/free/ (tmpdir's sibling,
+    see free.py) when there is one, else a fresh one. Its path is of ``tmpdir``'s
+    type (the queue owner's batch path passes a str: no pathlib per message). A
+    cleaner that locked and unlinked it between our open and our flock is detected
+    (the name no longer points at our inode) and we start over."""
     pid = os.getpid()
+    free = _free_dirs.get(tmpdir)
+    if free is None:
+        free = _free_dirs[tmpdir] = os.path.join(os.path.dirname(os.fspath(tmpdir)), "free")
     while True:
         name = f"{pid}.{time.time_ns()}.{next(_seq)}"
         path = tmpdir / name if isinstance(tmpdir, Path) else f"{tmpdir}/{name}"
+        fd = take_body(free, path)
+        if fd is not None:
+            return PendingBody(fd, path, 0)
         try:
             fd = os.open(path, _O_TMP, 0o640)
         except FileExistsError:

@@ -5,6 +5,7 @@ Layout under the instance root::
     queue/queue.db      SQLite, WAL, synchronous=FULL: messages and recipient rows
     queue/mess/<id>     one body file per committed message (id = messages.id)
     queue/tmp/          bodies being written (flock held by their writer)
+    queue/free/         emptied bodies of removed messages, reused by injections (free.py)
     queue/lock/trigger  named pipe; one byte written after each commit wakes the scheduler
 
 Recipient states (``recipients.state``)::
@@ -125,7 +126,7 @@ def open_queue(root: str | os.PathLike, *, create: bool = True) -> sqlite3.Conne
 
 
 def _make_dirs(qdir: Path) -> None:
-    for sub in ("", "mess", "tmp", "lock"):
+    for sub in ("", "mess", "tmp", "free", "lock"):
         (qdir / sub).mkdir(mode=0o750, exist_ok=True)
     try:
         os.mkfifo(qdir / "lock" / "trigger")
