@@ -162,5 +162,11 @@ def test_components_run_under_their_own_uids(public_dir):
         db = str(root / "queue" / "queue.db")
         assert can_open_as(users["smtpd"], db) == 13
         assert can_open_as(users["queue"], db) == 0
+        # the finished body is recycled, not unlinked: free/ is the queue user's
+        free = root / "queue" / "free"
+        assert free.stat().st_uid == uids["queue"]
+        wait_for(lambda: any(free.iterdir()), 30, "the delivered body recycled into queue/free")
+        assert all(f.stat().st_uid == uids["queue"] and f.stat().st_size == 0
+                   for f in free.iterdir())
     finally:
         stop_group(p)
