@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,7 @@ from mta.privsep import drop_to
 from mta.qq_client import QqClient, QqError, socket_path
 from mta.queue import QueueError, enqueue
 from mta.rcpt_token import strip_private
+from mta.reuseport import steer_by_client
 from mta.smtp.policy import SmtpPolicy
 from mta.smtpd import SubmitError, drain_sessions, load_server_tls, open_smtp_server
 
@@ -95,37 +97,51 @@ def make_rcpt_exists(ctl, root: Path):
     return rcpt_exists
 
 
-def smtp_policy(root: Path, share: int = 1) -> SmtpPolicy:
+def smtp_policy(root: Path, share: int = 1, steered: bool = False) -> SmtpPolicy:
     """The SMTP policy from the control files; with ``share`` = N listener processes on
-    one port, each takes 1/N of the connection caps (rounded up)."""
+    one port, each takes 1/N of the connection caps (rounded up), except the per-client
+    cap when ``steered`` (every connection of a client reaches the same process)."""
     ctl = load_control(root)
     policy = SmtpPolicy.from_control(ctl, access=load_access(root),
                                      rcpt_exists=make_rcpt_exists(ctl, root))
     if share > 1:
+        per_ip = policy.max_per_ip if steered else -(-policy.max_per_ip // share)
         policy = dataclasses.replace(policy, max_connections=-(-policy.max_connections // share),
-                                     max_per_ip=-(-policy.max_per_ip // share))
+                                     max_per_ip=per_ip)
     return policy
 
 
 async def run_smtp(root: Path, host: str, port: int, direct: bool = False,
                    share: int = 1) -> None:
-    """One SMTP listener; with ``share`` > 1 one of that many on the port (SO_REUSEPORT:
-    the kernel spreads new connections over them, so both cores accept and parse)."""
+    """One SMTP listener; with ``share`` > 1 one of that many on the port (SO_REUSEPORT,
+    so both cores accept and parse; connections steered by client address where the
+    kernel allows it, see mta.reuseport)."""
     policy = smtp_policy(root, share)
     submit = make_submit(root, direct=direct, strip=True)
     listeners = []
     server = await open_smtp_server(host, port, policy=policy, submit=submit,
                                     ssl_context=load_server_tls(root),
                                     on_listener=listeners.append, reuse_port=share > 1)
+    steered = share > 1 and all(_steer(ts, share) for ts in server.sockets)
+    if steered:  # one client, one process: the per-client cap need not be split
+        listeners[0].policy = policy = smtp_policy(root, share, steered=True)
     log.info("smtp listening on %s:%d", host, port)
     timeout = min(float(policy.timeoutsmtpd), DRAIN_MAX)
-    await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root, share),
+    await _serve_until_term(server, lambda: _reload_smtp(listeners[0], root, share, steered),
                             drain=lambda: drain_sessions(listeners[0], timeout), root=root)
 
 
-def _reload_smtp(listener, root: Path, share: int = 1) -> None:
+def _steer(tsock, share: int) -> bool:
+    sock = socket.socket(fileno=os.dup(tsock.fileno()))
     try:
-        listener.policy = smtp_policy(root, share)
+        return steer_by_client(sock, share)
+    finally:
+        sock.close()
+
+
+def _reload_smtp(listener, root: Path, share: int = 1, steered: bool = False) -> None:
+    try:
+        listener.policy = smtp_policy(root, share, steered)
     except (ControlError, AccessError) as e:
         log.error("alert: unable to reread controls, keeping the old ones: %s", e)
         return

@@ -70,3 +70,41 @@ def test_two_listeners_share_the_port_and_survive_a_kill(tmp_path):
         assert subjects == list(range(20))
     finally:
         system.cleanup()
+
+
+def _greeting(src: str, port: int):
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(src, 0))
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(200)
+        if not chunk:
+            break
+        data += chunk
+    return s, data.decode()
+
+
+def test_one_client_reaches_one_listener_so_its_cap_is_not_split(tmp_path):
+    """Connections are steered by client address: the per-client cap (50) holds whole
+    with two listeners, instead of 25 a process plus the luck of the kernel's hash."""
+    system = TwoListeners(tmp_path)
+    held = []
+    try:
+        system.start()
+        wait_until(lambda: len(system.listener_pids()) == 2, 20, "two listeners started")
+        wait_until(lambda: system.listening_pids() >= set(system.listener_pids()), 20,
+                   "both listening")
+        for i in range(50):
+            s, text = _greeting("127.0.0.7", system.port)
+            held.append(s)
+            assert text.startswith("220 "), f"connection {i + 1} of 50: {text!r}"
+        s, text = _greeting("127.0.0.7", system.port)
+        held.append(s)
+        assert text.startswith("421 ") and "too many connections from your address" in text
+        s, text = _greeting("127.0.0.8", system.port)  # another client is unaffected
+        held.append(s)
+        assert text.startswith("220 ")
+    finally:
+        for s in held:
+            s.close()
+        system.cleanup()

@@ -1,0 +1,62 @@
+"""steer_by_client: every connection of one client address reaches the same socket of a
+SO_REUSEPORT group (the program picks source address mod N)."""
+
+import socket
+
+from mta.reuseport import steer_by_client
+
+
+def _group(n: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", socks[0].getsockname()[1] if socks else 0))
+        s.listen(64)
+        s.setblocking(False)
+        socks.append(s)
+    return socks
+
+
+def _who_accepts(socks, src: str) -> int:
+    """Which socket got the connection; on loopback the handshake is complete (and the
+    connection in that socket's accept queue) once connect() has returned."""
+    c = socket.create_connection(socks[0].getsockname(), timeout=5, source_address=(src, 0))
+    try:
+        got = []
+        for i, s in enumerate(socks):
+            try:
+                conn, _ = s.accept()
+            except BlockingIOError:
+                continue
+            conn.close()
+            got.append(i)
+        assert len(got) == 1, f"accepted by {got}"
+        return got[0]
+    finally:
+        c.close()
+
+
+def test_connections_of_one_client_stay_on_one_socket():
+    socks = _group(2)
+    try:
+        assert steer_by_client(socks[0], 2)
+        seen = {src: {_who_accepts(socks, src) for _ in range(8)}
+                for src in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")}
+        assert all(len(v) == 1 for v in seen.values()), seen
+        # the address's low bits pick the socket: both sockets serve someone
+        assert {next(iter(v)) for v in seen.values()} == {0, 1}
+        assert seen["127.0.0.1"] == seen["127.0.0.3"] != seen["127.0.0.2"]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_refused_where_it_cannot_apply():
+    with socket.socket(socket.AF_UNIX) as u:
+        assert steer_by_client(u, 2) is False
+    socks = _group(1)
+    try:
+        assert steer_by_client(socks[0], 1) is False  # nothing to steer
+    finally:
+        socks[0].close()
