@@ -60,7 +60,13 @@ def test_two_listeners_share_the_port_and_survive_a_kill(tmp_path):
         # once its socket is gone the kernel gives every new connection to the other one
         wait_until(lambda: first[0] not in system.listening_pids(), 10, "the killed socket gone")
         for n in range(10, 20):  # the other process takes every new connection meanwhile
-            _send(system, n)
+            try:
+                _send(system, n)
+            except (OSError, smtplib.SMTPException) as exc:  # say what the system saw
+                raise AssertionError(
+                    f"message {n} after killing {first[0]}: {exc!r}; listening now"
+                    f" {system.listening_pids()}, listeners {system.listener_pids()};"
+                    f" mta start said:\n{system.output()[-3000:]}") from exc
         wait_until(lambda: len(system.listener_pids()) == 2 and system.listener_pids() != first,
                    20, "the killed listener restarted")
         wait_until(lambda: system.listening_pids() >= set(system.listener_pids()), 20,
