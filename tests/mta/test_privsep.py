@@ -124,26 +124,8 @@ def test_components_run_under_their_own_uids(public_dir):
     assert set(users) == {"smtpd", "queue", "remote", "local"}
     uids = {role: pwd.getpwnam(name).pw_uid for role, name in users.items()}
     assert len(set(uids.values())) == 4 and 0 not in uids.values()
-    (root / "alias" / ".qmail-alice").write_text("./Maildir/\n")
-    mtal = pwd.getpwnam(users["local"])
-    for sub in ("", "tmp", "new", "cur"):  # maildirmake, as the local user would
-        (root / "alias" / "Maildir" / sub).mkdir(exist_ok=True)
-        os.chown(root / "alias" / "Maildir" / sub, mtal.pw_uid, mtal.pw_gid)
-    port = free_port()
-    p = subprocess.Popen([str(BIN / "mta"), "--root", str(root), "start", "--smtp",
-                          f"127.0.0.1:{port}"], env=env, start_new_session=True)
+    p, new = start_and_deliver(root, env, pwd.getpwnam(users["local"]))
     try:
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return True
-            except OSError:
-                return False
-        wait_for(listening, 30, "the SMTP listener")
-        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-            s.sendmail("bob@other.test", ["alice@local.test"], b"Subject: x\r\n\r\nhi\r\n")
-        new = root / "alias" / "Maildir" / "new"
-        wait_for(lambda: new.is_dir() and any(new.iterdir()), 30, "local delivery")
         expected = {"mta.listen": uids["smtpd"], "mta.queued": uids["queue"],
                     " send": uids["queue"], "mta.remote.worker": uids["remote"],
                     "mta.lspawn": uids["local"]}
@@ -170,3 +152,32 @@ def test_components_run_under_their_own_uids(public_dir):
                    for f in free.iterdir())
     finally:
         stop_group(p)
+
+
+def start_and_deliver(root: Path, env: dict, local_pw) -> tuple[subprocess.Popen, Path]:
+    """Give alice a Maildir (made as the local user ``local_pw`` would), run ``mta start``,
+    send her one message over SMTP and wait until it is in Maildir/new. Returns the
+    process (its group is the caller's to stop with ``stop_group``) and new/."""
+    (root / "alias" / ".qmail-alice").write_text("./Maildir/\n")
+    for sub in ("", "tmp", "new", "cur"):  # maildirmake, as the local user would
+        (root / "alias" / "Maildir" / sub).mkdir(exist_ok=True)
+        os.chown(root / "alias" / "Maildir" / sub, local_pw.pw_uid, local_pw.pw_gid)
+    port = free_port()
+    p = subprocess.Popen([str(BIN / "mta"), "--root", str(root), "start", "--smtp",
+                          f"127.0.0.1:{port}"], env=env, start_new_session=True)
+    try:
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, 30, "the SMTP listener")
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.sendmail("bob@other.test", ["alice@local.test"], b"Subject: x\r\n\r\nhi\r\n")
+        new = root / "alias" / "Maildir" / "new"
+        wait_for(lambda: new.is_dir() and any(new.iterdir()), 30, "local delivery")
+    except BaseException:
+        stop_group(p)
+        raise
+    return p, new

@@ -8,14 +8,12 @@ default ``mtad``/``mtaq``/``mtar``/``mtal``). The users are removed afterwards.
 
 import os
 import pwd
-import smtplib
-import socket
 import subprocess
 import time
 
 import pytest
 
-from test_privsep import BIN, cmdline, descendants, free_port, uid_of, wait_for, stop_group
+from test_privsep import BIN, cmdline, descendants, start_and_deliver, stop_group, uid_of
 from test_privsep import public_dir  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates users, switches uids")
@@ -71,25 +69,8 @@ def test_names_from_control_users_are_created_and_used(public_dir, custom_users)
     assert len(set(uids.values())) == 4 and 0 not in uids.values()
     assert (root / "queue" / "queue.db").stat().st_uid == uids["queue"]
     assert (root / "alias").stat().st_uid == uids["local"]
-    (root / "alias" / ".qmail-alice").write_text("./Maildir/\n")
-    for sub in ("", "tmp", "new", "cur"):
-        (root / "alias" / "Maildir" / sub).mkdir(exist_ok=True)
-        os.chown(root / "alias" / "Maildir" / sub, uids["local"], pwd.getpwnam(NAMES["local"]).pw_gid)
-    port = free_port()
-    p = subprocess.Popen([str(BIN / "mta"), "--root", str(root), "start", "--smtp",
-                          f"127.0.0.1:{port}"], env=env, start_new_session=True)
+    p, new = start_and_deliver(root, env, pwd.getpwnam(NAMES["local"]))
     try:
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                return True
-            except OSError:
-                return False
-        wait_for(listening, 30, "the SMTP listener")
-        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-            s.sendmail("bob@other.test", ["alice@local.test"], b"Subject: x\r\n\r\nhi\r\n")
-        new = root / "alias" / "Maildir" / "new"
-        wait_for(lambda: new.is_dir() and any(new.iterdir()), 30, "local delivery")
         roles = (("mta.listen", "smtpd"), ("mta.queued", "queue"), (" send", "queue"),
                  ("mta.remote.worker", "remote"), ("mta.lspawn", "local"))
         deadline = time.monotonic() + 30
