@@ -28,6 +28,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.sink import Sink
+
 BIN = Path(sys.executable).parent
 MTA = str(BIN / "mta")
 
@@ -200,3 +202,20 @@ def system(tmp_path: Path) -> Iterator[System]:
         yield s
     finally:
         s.cleanup()
+
+
+@pytest.fixture
+def sink():
+    """A recording SMTP sink on 127.0.1.1 (a remote host, as far as the system knows)."""
+    with Sink("127.0.1.1") as s:
+        yield s
+
+
+@pytest.fixture
+def relay_system(system, sink):
+    """A started system whose remote mail goes to ``sink``; alice@local.test has a Maildir."""
+    system.control("smtproutes", f":{sink.host}:{sink.port}\n")
+    system.maildir("alice")
+    system.alias("alice", "./alice/\n")
+    system.start()
+    return system

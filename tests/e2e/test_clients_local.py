@@ -12,16 +12,6 @@ from __future__ import annotations
 import smtplib
 import subprocess
 
-import pytest
-
-from sink import Sink
-
-
-@pytest.fixture
-def sink():
-    with Sink("127.0.1.1") as s:
-        yield s
-
 
 def test_smtp_source_100_messages_delivered(system):
     box = system.maildir("alice")

@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
-from sink import Sink
-
 SYNC = b"554 5.5.0 Error: SMTP protocol synchronization\r\n"
 QUEUED = b"250 ok "
 
@@ -217,12 +213,6 @@ NMAP_RCPTS = [
 SENDERS = ["", "from@other.example", "from@[127.0.0.1]"]
 
 
-@pytest.fixture
-def sink():
-    with Sink("127.0.1.1") as s:
-        yield s
-
-
 def rl2_probe(port: int, source: str) -> dict[tuple[str, str], bytes]:
     """Every form with every sender, a session per sender (12 refusals stay under the
     error limit of LM-7); DATA for any accepted one. Returns every RCPT reply."""
@@ -238,15 +228,6 @@ def rl2_probe(port: int, source: str) -> dict[tuple[str, str], bytes]:
                     assert c.one(b"Subject: relay probe\r\n\r\nx\r\n.\r\n").startswith(QUEUED)
             assert c.one(b"QUIT\r\n") == b"221 local.test\r\n"  # not dropped for errors
     return replies
-
-
-@pytest.fixture
-def relay_system(system, sink):
-    system.control("smtproutes", f":{sink.host}:{sink.port}\n")
-    system.maildir("alice")
-    system.alias("alice", "./alice/\n")
-    system.start()
-    return system
 
 
 def test_rl2_rl4_refused_from_a_client_that_may_not_relay(relay_system, sink):

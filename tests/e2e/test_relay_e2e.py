@@ -16,27 +16,11 @@ import subprocess
 
 import pytest
 
-from sink import Sink
 
 PROBES = ["victim@other.example", "victim%other.example@local.test",
           '"victim@other.example"@local.test', "@a.example:victim@other.example",
           "@local.test:victim@other.example",
           "victim@other.example@local.test", "other.example!victim@local.test"]
-
-
-@pytest.fixture
-def sink():
-    with Sink("127.0.1.1") as s:
-        yield s
-
-
-@pytest.fixture
-def relay_system(system, sink):
-    system.control("smtproutes", f":127.0.1.1:{sink.port}\n")
-    system.maildir("alice")
-    system.alias("alice", "./alice/\n")
-    system.start()
-    return system
 
 
 def test_open_relay_probes_refused_without_relay_right(relay_system, sink):

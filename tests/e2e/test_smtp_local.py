@@ -13,7 +13,6 @@ import sys
 
 import pytest
 
-from sink import Sink
 
 MSG = "From: bob@t.example\r\nSubject: {subject}\r\nMessage-ID: <{mid}@t.example>\r\n\r\nhello\r\n"
 
@@ -21,12 +20,6 @@ MSG = "From: bob@t.example\r\nSubject: {subject}\r\nMessage-ID: <{mid}@t.example
 def send(system, rcpts, subject="hi", mid="1", sender="bob@t.example", body=None):
     with smtplib.SMTP("127.0.0.1", system.port, timeout=30) as s:
         return s.sendmail(sender, rcpts, body or MSG.format(subject=subject, mid=mid))
-
-
-@pytest.fixture
-def sink():
-    with Sink("127.0.1.1") as s:
-        yield s
 
 
 def test_maildir_delivery_readable_with_mailbox(system):
