@@ -2,7 +2,8 @@
 
 What it does: ``steer_by_client(sock, n)`` attaches a classic BPF program to the
 reuseport group of the listening ``sock`` that picks socket ``source_address % n``
-for each new connection (IPv4: the whole address; IPv6: its last 32 bits). So every
+for each new connection (IPv4: the whole address; IPv6: its last 32 bits; the
+version is read from each packet, so IPv4 clients of an IPv6 socket are steered too). So every
 connection of one client lands in the same listener process, and that process's
 per-client cap (``max_per_ip``) is the real per-client cap instead of 1/N of it.
 
@@ -29,22 +30,31 @@ import sys
 __all__ = ["steer_by_client"]
 
 SO_ATTACH_REUSEPORT_CBPF = 51
-_SKF_NET_OFF = -0x100000  # BPF loads relative to the network header
-_LD_W_ABS, _ALU_MOD_K, _RET_A = 0x20, 0x94, 0x16  # BPF_LD|W|ABS, BPF_ALU|MOD|K, BPF_RET|A
+_NET = -0x100000  # SKF_NET_OFF: loads relative to the network header
+_LD_B, _LD_W, _RSH_K, _JEQ_K, _JA, _MOD_K, _RET_A = 0x30, 0x20, 0x74, 0x15, 0x05, 0x94, 0x16
 
 
-def _program(family: int, n: int) -> bytes:
-    src = 12 if family == socket.AF_INET else 8 + 12  # IPv4 saddr; last word of IPv6 saddr
-    insns = [(_LD_W_ABS, 0, 0, (_SKF_NET_OFF + src) & 0xFFFFFFFF),
-             (_ALU_MOD_K, 0, 0, n),
-             (_RET_A, 0, 0, 0)]
-    return b"".join(struct.pack("HBBI", *i) for i in insns)
+def _program(n: int) -> bytes:
+    """A = source address (IPv4: all of it; IPv6: its last 32 bits); return A % n.
+
+    The IP version is read from the packet, not assumed from the socket: an IPv6
+    socket also receives IPv4 connections (v4-mapped), whose header is IPv4's."""
+    insns = [(_LD_B, 0, 0, _NET),            # 0: A = first byte of the IP header
+             (_RSH_K, 0, 0, 4),              # 1: A = IP version
+             (_JEQ_K, 0, 2, 4),              # 2: IPv4 -> 3, else -> 5
+             (_LD_W, 0, 0, _NET + 12),       # 3: IPv4 source address
+             (_JA, 0, 0, 1),                 # 4: -> 6
+             (_LD_W, 0, 0, _NET + 8 + 12),   # 5: last word of the IPv6 source address
+             (_MOD_K, 0, 0, n),              # 6
+             (_RET_A, 0, 0, 0)]              # 7
+    return b"".join(struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF)
+                    for code, jt, jf, k in insns)
 
 
 def steer_by_client(sock: socket.socket, n: int) -> bool:
     if sys.platform != "linux" or n < 2 or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
-    code = ctypes.create_string_buffer(_program(sock.family, n))
+    code = ctypes.create_string_buffer(_program(n))
     fprog = struct.pack("HL", len(code.raw) // 8, ctypes.addressof(code))  # struct sock_fprog
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
