@@ -43,8 +43,12 @@ def _control(root: Path):
 @click.option("--me", default=None, help="this host's fully qualified name (control/me)")
 @click.option("--no-privsep", is_flag=True,
               help="as root: do not create per-role users (also: MTA_PRIVSEP=no)")
+@click.option("--spare-files", type=click.IntRange(min=0), default=None, metavar="N",
+              help="empty files a new queue starts with in queue/free/, so its first"
+                   " injections reuse them instead of creating files (default and"
+                   " most: 8192, the most free/ keeps; 0: none)")
 @click.pass_obj
-def init(root: Path, me: str | None, no_privsep: bool) -> None:
+def init(root: Path, me: str | None, no_privsep: bool, spare_files: int | None) -> None:
     """Create an instance (control/, queue/, alias/, lists/, log/); idempotent.
 
     As root it also creates one user a role (control/users) and sets ownership.
@@ -52,7 +56,7 @@ def init(root: Path, me: str | None, no_privsep: bool) -> None:
     from mta.privsep import PrivsepError, privsep_wanted, setup_users
 
     try:
-        created = init_instance(root, me)
+        created = init_instance(root, me, spare_files)
         if privsep_wanted() and not no_privsep:
             users = setup_users(root)
             created.append("users " + ",".join(f"{r}={u}" for r, u in users.items()))

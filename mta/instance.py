@@ -6,7 +6,11 @@ An instance is a folder holding ``control/`` (qmail-style flat files), ``queue/`
 
 Public:
     find_root(option=None) -> Path   ``--root`` option, else ``$MTA_ROOT``, else ``./var``
-    init_instance(root, me=None)      create the layout; idempotent
+    init_instance(root, me=None, spare_files=0)
+                                      create the layout; idempotent. A queue made now
+                                      gets ``spare_files`` empty files in queue/free/
+                                      (mta.queue.free.stock_pool; None: as many as
+                                      free/ keeps, what ``mta init`` does by default)
     InstanceError                     the path is not usable as an instance
 
 ``init_instance`` refuses a folder that already holds files but is not an instance,
@@ -40,7 +44,8 @@ def is_instance(root: Path) -> bool:
     return (root / "control").is_dir() and (root / "queue").is_dir()
 
 
-def init_instance(root: Path, me: str | None = None) -> list[str]:
+def init_instance(root: Path, me: str | None = None,
+                  spare_files: int | None = 0) -> list[str]:
     """Create the instance at ``root``; return what was created (empty when nothing).
 
     ``me`` defaults to this machine's fully qualified name. An existing ``control/me``
@@ -68,6 +73,15 @@ def init_instance(root: Path, me: str | None = None) -> list[str]:
     from mta.queue import open_queue  # creates queue.db, mess/, tmp/, lock/trigger
 
     open_queue(root).close()
+    if spare_files != 0 and "queue/" in created:
+        from mta.queue.free import stock_pool
+
+        try:
+            made = stock_pool(root / "queue" / "free", spare_files)
+        except OSError as exc:
+            raise InstanceError(f"cannot create spare files in {root / 'queue' / 'free'}:"
+                                f" {exc}") from exc
+        created.append(f"queue/free/ ({made} spare files)")
     return created
 
 

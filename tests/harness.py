@@ -29,7 +29,10 @@ class Instance:
     def __init__(self, tmp_path: Path, me: str = "mx.test"):
         self.root = tmp_path / "inst"
         self.env = dict(os.environ, MTA_ROOT=str(self.root))
-        subprocess.run([str(BIN / "mta"), "--root", str(self.root), "init", "--me", me],
+        # No spare files: 8192 of them a test instance, created and deleted, would only
+        # slow every later file creation of the run (tests/cli/test_mta_cli.py checks them).
+        subprocess.run([str(BIN / "mta"), "--root", str(self.root), "init", "--me", me,
+                        "--spare-files", "0"],
                        check=True, capture_output=True, timeout=60)
         self.proc: subprocess.Popen | None = None
         self.groups: list[int] = []

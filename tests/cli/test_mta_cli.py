@@ -107,3 +107,25 @@ def test_stat_counts(root):
     run(["mta", "inject", "-f", "me@mx.test", "a@x.test", "b@x.test"], root, b"\nhi\n")
     out = run(["mta", "stat"], root).stdout.decode()
     assert "messages in queue: 1" in out and "recipients to deliver: 2" in out
+
+
+def _spares(root):
+    free = root / "queue" / "free"
+    return [os.lstat(free / name) for name in os.listdir(free)]
+
+
+def test_init_stocks_the_new_queue_with_spare_files(root, tmp_path):
+    from mta.queue.free import FREE_CAP
+
+    spares = _spares(root)
+    assert len(spares) == FREE_CAP
+    assert all(st.st_size == 0 and st.st_nlink == 1 and st.st_uid == os.geteuid()
+               and not st.st_mode & 0o7777 & ~0o640 for st in spares)
+    p = run(["mta", "--root", str(root), "init"], root)  # an existing queue: none added
+    assert p.returncode == 0 and len(_spares(root)) == FREE_CAP
+    few = tmp_path / "few"
+    p = run(["mta", "--root", str(few), "init", "--me", "mx.test", "--spare-files", "3"], few)
+    assert p.returncode == 0 and b"(3 spare files)" in p.stdout
+    assert len(_spares(few)) == 3
+    p = run(["mta", "--root", str(tmp_path / "bad"), "init", "--spare-files", "-1"], tmp_path)
+    assert p.returncode == 2 and b"--spare-files" in p.stderr

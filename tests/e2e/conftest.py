@@ -56,7 +56,9 @@ class System:
         self.root = tmp_path / "inst"
         self.env = dict(os.environ, MTA_ROOT=str(self.root))
         self.env.pop("MTA_CRASH_AT", None)
-        subprocess.run([MTA, "--root", str(self.root), "init", "--me", me],
+        # --spare-files 0: as tests/harness.py's Instance, for the same reason
+        subprocess.run([MTA, "--root", str(self.root), "init", "--me", me,
+                        "--spare-files", "0"],
                        check=True, capture_output=True, timeout=60)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None

@@ -118,12 +118,16 @@ def test_init_refuses_a_folder_other_users_cannot_reach(tmp_path, public_dir):
 def test_components_run_under_their_own_uids(public_dir):
     env = {k: v for k, v in os.environ.items() if k != "MTA_PRIVSEP"}
     root = public_dir / "inst"
-    subprocess.run([str(BIN / "mta"), "--root", str(root), "init", "--me", "local.test"],
+    subprocess.run([str(BIN / "mta"), "--root", str(root), "init", "--me", "local.test",
+                    "--spare-files", "10"],
                    check=True, env=env, capture_output=True, timeout=120)
     users = dict(line.split(":") for line in (root / "control" / "users").read_text().split())
     assert set(users) == {"smtpd", "queue", "remote", "local"}
     uids = {role: pwd.getpwnam(name).pw_uid for role, name in users.items()}
     assert len(set(uids.values())) == 4 and 0 not in uids.values()
+    free = root / "queue" / "free"
+    spares = [f.stat() for f in free.iterdir()]  # made by root, handed to the queue user
+    assert len(spares) == 10 and {st.st_uid for st in spares} == {uids["queue"]}
     p, new = start_and_deliver(root, env, pwd.getpwnam(users["local"]))
     try:
         expected = {"mta.listen": uids["smtpd"], "mta.queued": uids["queue"],
@@ -144,10 +148,11 @@ def test_components_run_under_their_own_uids(public_dir):
         db = str(root / "queue" / "queue.db")
         assert can_open_as(users["smtpd"], db) == 13
         assert can_open_as(users["queue"], db) == 0
-        # the finished body is recycled, not unlinked: free/ is the queue user's
-        free = root / "queue" / "free"
+        # the finished body is recycled, not unlinked: free/ is the queue user's (the
+        # owner's first injection, this one, made a fresh file and took no spare)
         assert free.stat().st_uid == uids["queue"]
-        wait_for(lambda: any(free.iterdir()), 30, "the delivered body recycled into queue/free")
+        wait_for(lambda: len(list(free.iterdir())) == 11, 30,
+                 "the delivered body recycled into queue/free beside the 10 spares")
         assert all(f.stat().st_uid == uids["queue"] and f.stat().st_size == 0
                    for f in free.iterdir())
     finally:
