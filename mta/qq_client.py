@@ -125,6 +125,7 @@ class _ReplyProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self._out: list[bytes] = []
+        self.loop = asyncio.get_running_loop()  # kept: each lookup costs a getpid()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -133,7 +134,7 @@ class _ReplyProtocol(asyncio.Protocol):
         """Queue a request; every request of this loop iteration goes in one write,
         so sessions finishing DATA together wake the queue owner once."""
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self._out += pieces
 
     def _flush(self) -> None:
@@ -184,7 +185,7 @@ class QqClient:
     async def submit(self, sender: str, recipients: Iterable[str], message: bytes) -> int:
         """Queue one message; return its id once it is durable, else raise QqError."""
         proto = await self._connection()
-        loop = asyncio.get_running_loop()
+        loop = proto.loop
         fut = loop.create_future()
         proto.waiting.append(fut)
         proto.send(encode_request(sender, recipients, message))

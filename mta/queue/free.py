@@ -211,7 +211,8 @@ def _take(src: str, dest) -> int | None:
         if not same:
             os.close(fd)
             return None
-        os.ftruncate(fd, 0)  # empty already, unless a crash undid the truncation
+        if fst.st_size:
+            os.ftruncate(fd, 0)  # a crash undid the truncation (parked files are empty)
     except BaseException:
         if fd >= 0:
             os.close(fd)

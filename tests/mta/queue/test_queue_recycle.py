@@ -181,3 +181,14 @@ def test_concurrent_takers_never_share_a_file(root: Path) -> None:
     # every file was taken by exactly one process, except the first injection of each
     assert len(files(root, "free")) == procs
     assert files(root, "tmp") == []
+
+
+def test_a_parked_file_that_is_not_empty_is_emptied_before_use(root: Path) -> None:
+    """A power loss can keep a park's rename and lose its truncation: the taker empties it."""
+    _warm(root)
+    stale = root / "queue" / "free" / "stale"
+    stale.write_bytes(OLD)
+    stale.chmod(0o640)
+    new = enqueue(root, "a@x.test", ["c@y.test"], b"short\n", received=b"")
+    assert message_path(root, new).read_bytes() == b"short\n"
+    assert files(root, "free") == []
