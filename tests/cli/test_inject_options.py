@@ -23,7 +23,7 @@ def run(args, root, stdin=b""):
 @pytest.fixture
 def root(tmp_path):
     r = tmp_path / "inst"
-    p = run(["mta", "--root", str(r), "init", "--me", "mx.test"], r)
+    p = run(["mta", "--root", str(r), "init", "--me", "mx.test", "--spare-files", "0"], r)
     assert p.returncode == 0, p.stderr
     return r
 

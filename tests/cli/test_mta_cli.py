@@ -20,7 +20,8 @@ def run(args, root, stdin=b"", env=None):
 @pytest.fixture
 def root(tmp_path):
     r = tmp_path / "inst"
-    p = run(["mta", "--root", str(r), "init", "--me", "mx.test"], r)
+    # no spare files here (tests/harness.py says why); the stock test makes its own
+    p = run(["mta", "--root", str(r), "init", "--me", "mx.test", "--spare-files", "0"], r)
     assert p.returncode == 0, p.stderr
     return r
 
@@ -114,9 +115,12 @@ def _spares(root):
     return [os.lstat(free / name) for name in os.listdir(free)]
 
 
-def test_init_stocks_the_new_queue_with_spare_files(root, tmp_path):
+def test_init_stocks_the_new_queue_with_spare_files(tmp_path):
     from mta.queue.free import FREE_CAP
 
+    root = tmp_path / "inst"
+    p = run(["mta", "--root", str(root), "init", "--me", "mx.test"], root)
+    assert p.returncode == 0 and f"({FREE_CAP} spare files)".encode() in p.stdout
     spares = _spares(root)
     assert len(spares) == FREE_CAP
     assert all(st.st_size == 0 and st.st_nlink == 1 and st.st_uid == os.geteuid()

@@ -35,7 +35,8 @@ def three(tmp_path):
     cwd.mkdir()
     roots = {"A": tmp_path / "a", "B": tmp_path / "b", "C": cwd / "var"}
     for name, r in roots.items():
-        p = _run(["mta", "--root", str(r), "init", "--me", f"{name.lower()}.test"], tmp_path)
+        p = _run(["mta", "--root", str(r), "init", "--me", f"{name.lower()}.test",
+                  "--spare-files", "0"], tmp_path)
         assert p.returncode == 0, p.stderr
     return roots["A"], roots["B"], cwd
 

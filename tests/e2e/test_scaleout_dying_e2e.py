@@ -71,7 +71,7 @@ def _read_request(conn: socket.socket) -> bytes:
 @pytest.fixture
 def lists(tmp_path):
     host = tmp_path / "listhost"
-    mta(host, "init", "--me", "lists.test")
+    mta(host, "init", "--me", "lists.test", "--spare-files", "0")
     ezlist(host, "make", "news@lists.test")
     ezlist(host, "sub", "news", input="".join(f"u{i}@d{i % 40}.test\n" for i in range(N)).encode())
     post = tmp_path / "post.eml"

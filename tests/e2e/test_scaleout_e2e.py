@@ -44,7 +44,7 @@ class Machine:
 
     def __init__(self, tmp: Path, ip: str, sink: Sink):
         self.ip, self.root = ip, tmp / f"machine-{ip}"
-        mta(self.root, "init", "--me", f"mx-{ip}.test")
+        mta(self.root, "init", "--me", f"mx-{ip}.test", "--spare-files", "0")
         (self.root / "control" / "smtproutes").write_text(f":{sink.host}:{sink.port}\n")
         (self.root / "control" / "qmqpaccess").write_text("127.0.0.0/8:allow\n:deny\n")
         self.qmqp, self.progress = free_port(ip), free_port(ip)
@@ -95,7 +95,7 @@ class Machine:
 @pytest.fixture
 def setup(tmp_path):
     host = tmp_path / "listhost"
-    mta(host, "init", "--me", "lists.test")
+    mta(host, "init", "--me", "lists.test", "--spare-files", "0")
     ezlist(host, "make", "news@lists.test")
     subs = "".join(f"u{i}@d{i % 200}.test\n" for i in range(N))
     ezlist(host, "sub", "news", input=subs.encode())

@@ -19,7 +19,7 @@ def test_list_post_under_privsep_reaches_every_subscriber(public_dir):  # noqa: 
     env = {k: v for k, v in os.environ.items() if k != "MTA_PRIVSEP"}
     root = public_dir / "inst"
     mta, ezlist = [str(BIN / "mta"), "--root", str(root)], [str(BIN / "ezlist"), "--root", str(root)]
-    subprocess.run(mta + ["init", "--me", "local.test"], check=True, env=env,
+    subprocess.run(mta + ["init", "--me", "local.test", "--spare-files", "0"], check=True, env=env,
                    capture_output=True, timeout=120)
     users = dict(line.split(":") for line in (root / "control" / "users").read_text().split())
     mtal = pwd.getpwnam(users["local"])

@@ -61,7 +61,7 @@ def mta(root, *args, env):
 def test_names_from_control_users_are_created_and_used(public_dir, custom_users):
     env = {k: v for k, v in os.environ.items() if k != "MTA_PRIVSEP"}
     root = public_dir / "inst"
-    mta(root, "init", "--me", "local.test", "--no-privsep", env=env)
+    mta(root, "init", "--me", "local.test", "--no-privsep", "--spare-files", "0", env=env)
     (root / "control" / "users").write_text("".join(f"{r}:{n}\n" for r, n in NAMES.items()))
     out = mta(root, "init", env=env).stdout
     assert "users " + ",".join(f"{r}={n}" for r, n in NAMES.items()) in out

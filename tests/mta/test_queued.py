@@ -282,7 +282,8 @@ def smtp_ready(port: int) -> bool:
 @pytest.fixture
 def instance(tmp_path: Path) -> Path:
     r = tmp_path / "inst"
-    subprocess.run([str(BIN / "mta"), "--root", str(r), "init", "--me", "mx.test"],
+    subprocess.run([str(BIN / "mta"), "--root", str(r), "init", "--me", "mx.test",
+                    "--spare-files", "0"],
                    check=True, capture_output=True, timeout=60)
     (r / "alias" / ".qmail-alice").write_text("./Maildir/\n")
     for sub in ("cur", "new", "tmp"):
