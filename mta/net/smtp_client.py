@@ -22,11 +22,12 @@ given; verification is whatever the context says (callers pass one with
 verification off, as MTAs do for opportunistic TLS). If the server refuses STARTTLS
 the session goes on in plaintext. If the TLS handshake itself fails, the connection
 is dropped and ``open_smtp_connection`` connects once more without TLS (Postfix's
-opportunistic behaviour); ``conn.tls_active`` tells which happened.
+opportunistic behaviour); ``conn.tls_active`` tells which happened, and
+``conn.tls_failed`` is True on such a second, plaintext connection.
 
 Public names: ``open_smtp_connection``, ``SMTPConnection`` (``send_transaction``,
 ``quit``, ``close``, ``transactions_done``, ``extensions``, ``tls_active``,
-``usable``, ``failure``), ``ConnectionFailed``.
+``tls_failed``, ``usable``, ``failure``), ``ConnectionFailed``.
 
 How it fails: connection-level trouble (connect refused or timed out, greeting
 4xx/5xx, EHLO and HELO refused, 421, garbage, timeout, drop) is a
@@ -76,6 +77,7 @@ class SMTPConnection(asyncio.Protocol):
         self._early = None  # a result that arrived while nothing waited
         self.failure: ConnectionFailed | None = None
         self.transactions_done = 0
+        self.tls_failed = False  # plaintext because the handshake of a first try failed
 
     # ------------------------------------------------------------ public
     @property
@@ -238,9 +240,11 @@ async def open_smtp_connection(
         event = await conn._wait()
         if isinstance(event, StartTLS):
             if not await _start_tls(conn, host, tls_context, timeout_reply):
-                return await open_smtp_connection(
+                plain = await open_smtp_connection(
                     host, port, helo=helo, timeout_connect=timeout_connect,
                     timeout_reply=timeout_reply, local_addr=local_addr)
+                plain.tls_failed = True
+                return plain
             event = await conn._wait()
     except BaseException:
         conn.close()

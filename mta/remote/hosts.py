@@ -18,6 +18,8 @@ its connections. A host that fails when nothing to it works
 (no established connection) is "down": qmail's timeout table marks it for
 ``DOWN_SECONDS`` (doubling on each consecutive failure, capped), during which its
 work is handed to the next MX or deferred without a connection attempt.
+A host whose TLS handshake failed is not offered STARTTLS again for
+``TLS_RETRY_AFTER`` seconds (each such try costs a connection and a reconnect).
 
 Pure state: no I/O, the clock passed in. Public: Txn, HostState.
 """
@@ -27,11 +29,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["Txn", "HostState", "GROW_AFTER"]
+__all__ = ["Txn", "HostState", "GROW_AFTER", "TLS_RETRY_AFTER"]
 
 GROW_AFTER = 50
 DOWN_SECONDS = 60.0
 DOWN_MAX = 3600.0
+TLS_RETRY_AFTER = 3600.0
 
 
 @dataclass(slots=True)
@@ -57,6 +60,7 @@ class HostState:
     down_for: float = 0.0
     rate: float = 0.0        # messages a second to this host; 0 = no cap (control/hostrate)
     next_slot: float = 0.0   # earliest time the next transaction may start
+    plain_until: float = 0.0  # no STARTTLS before this time: a handshake failed
     queue: deque = field(default_factory=deque)
 
     def __post_init__(self) -> None:
@@ -68,6 +72,13 @@ class HostState:
 
     def is_down(self, now: float) -> bool:
         return now < self.down_until
+
+    def tls_wanted(self, now: float) -> bool:
+        return now >= self.plain_until
+
+    def tls_failed(self, now: float) -> None:
+        """A handshake failed (the session went on in plaintext): skip TLS for a while."""
+        self.plain_until = now + TLS_RETRY_AFTER
 
     def connect_failed(self, now: float) -> bool:
         """Record a failure to get a working session; True when the host is now down.

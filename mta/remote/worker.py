@@ -26,7 +26,10 @@ MTA-STS). A server that answers STARTTLS with an error keeps the session in
 plaintext. If the TLS handshake itself fails, the connection is dropped and the
 worker connects to the same host once more without TLS and delivers in plaintext
 (Postfix's fallback to cleartext; ``mta.net.smtp_client``); the mail is never
-deferred for want of TLS. Each new connection tries TLS again.
+deferred for want of TLS. The worker then leaves STARTTLS out for that host for
+``TLS_RETRY_AFTER`` seconds (an hour; ``mta flush`` forgets it), so a host with a
+broken TLS setup does not cost two connections each time. An attacker on the path
+gains nothing from this: stripping the STARTTLS offer already forces plaintext.
 
 Failures: a connection that cannot be made or is turned away lowers the host's
 ceiling; when nothing to the host works the host is marked down (qmail's timeout
@@ -115,9 +118,10 @@ class RemoteWorker:
         await writer.drain()
 
     def _forget_down_hosts(self) -> None:
-        """``mta flush``: the postmaster says try now, so no host stays marked down."""
+        """``mta flush``: the postmaster says try now, so no host stays marked down
+        (nor without TLS after a failed handshake)."""
         for h in self.hosts.values():
-            h.down_until = h.down_for = 0.0
+            h.down_until = h.down_for = h.plain_until = 0.0
 
     # -- jobs into host queues ------------------------------------------------------
     def _take_job(self, job: dict) -> None:
@@ -195,10 +199,11 @@ class RemoteWorker:
             await self._converse_qmtp(h)
             return
         ctl = self.ctl
+        tls = self.tls if h.tls_wanted(self.clock()) else None
         try:
             conn = await open_smtp_connection(
                 h.key[0], h.key[1], helo=ctl.helohost, timeout_connect=ctl.timeoutconnect,
-                timeout_reply=ctl.timeoutremote, tls_context=self.tls)
+                timeout_reply=ctl.timeoutremote, tls_context=tls)
         except ConnectionFailed as cf:
             outcome = cf.outcome
             if isinstance(outcome, PermFail):
@@ -210,6 +215,8 @@ class RemoteWorker:
                 while h.queue:
                     self._fail_over(h.queue.popleft(), outcome)
             return
+        if conn.tls_failed:
+            h.tls_failed(self.clock())
         h.established += 1
         try:
             while h.queue and conn.transactions_done < MAX_TXNS_PER_CONN:

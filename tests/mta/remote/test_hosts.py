@@ -163,3 +163,13 @@ def test_rate_does_not_bank_idle_time():
 def test_no_rate_means_no_wait():
     h = HostState(("h", 25), max_limit=5)
     assert [h.delay_for_rate(T0) for _ in range(100)] == [0.0] * 100
+
+
+def test_a_failed_tls_handshake_keeps_tls_off_for_a_while():
+    from mta.remote.hosts import TLS_RETRY_AFTER
+
+    h = HostState(("127.0.1.9", 25), max_limit=5)
+    assert h.tls_wanted(100.0)
+    h.tls_failed(100.0)
+    assert not h.tls_wanted(100.0 + TLS_RETRY_AFTER - 1)
+    assert h.tls_wanted(100.0 + TLS_RETRY_AFTER)

@@ -100,3 +100,8 @@ def test_failed_tls_handshake_falls_back_to_plaintext(inst):
         assert got.rcpts == ["w@old.test"] and not got.tls
         # one session tried TLS and was dropped, the second delivered in plaintext
         assert rx.ehlos == 2
+        # the worker remembers: the next message's session does not try TLS again
+        assert inst.inject("a@mx.test", ["x@old.test"]) == 0
+        inst.wait_empty(30)
+        assert [g.rcpts for g in rx.got] == [["w@old.test"], ["x@old.test"]]
+        assert not rx.got[1].tls and rx.ehlos == 3
