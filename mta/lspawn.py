@@ -44,7 +44,7 @@ class LocalWorker:
         self.running: set[asyncio.Future] = set()
         self.out = sys.stdout.buffer
 
-    def reload(self) -> None:
+    def reload(self, _msg: dict | None = None) -> None:
         try:
             self.ctl = load_control(self.root)
         except ControlError as e:

@@ -55,7 +55,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from mta.control import load_control
+from mta.control import ControlError, load_control
 from mta.interfaces import Delivered, PermFail, TempFail
 from mta.net.qm_client import qmtp_send
 from mta.net.smtp_client import ConnectionFailed, open_smtp_connection
@@ -106,7 +106,8 @@ class RemoteWorker:
         writer = asyncio.StreamWriter(w_transport, w_protocol, None, loop)
         sender = asyncio.create_task(self._send_results(writer))
         try:
-            async for job in read_jobs(reader, on_flush=self._forget_down_hosts):
+            async for job in read_jobs(reader, on_flush=self._forget_down_hosts,
+                                       on_reload=self.reload):
                 self._take_job(job)
         except SchedulerGone:
             sys.stderr.write("alert: remote worker: scheduler gone; abandoning its deliveries\n")
@@ -116,6 +117,27 @@ class RemoteWorker:
         sender.cancel()
         self._write_results(writer)
         await writer.drain()
+
+    def reload(self, msg: dict | None = None) -> None:
+        """The scheduler's SIGHUP: re-read the control files. New connections take the
+        new helohost and timeouts; every known host takes its new concurrency ceiling
+        (a ceiling lowered by the host's own refusals stays lowered) and message rate;
+        ``msg["connections"]`` is this worker's new share of concurrencyremote."""
+        try:
+            ctl = load_control(self.root)
+        except ControlError as e:
+            sys.stderr.write("alert: remote worker: unable to reread controls, keeping"
+                             f" the old ones: {e}\n")
+            return
+        self.ctl = ctl
+        self.connections = max(1, int((msg or {}).get("connections", self.connections)))
+        for key, h in self.hosts.items():
+            limit = ctl.hostconcurrency.get(key[0], ctl.concurrencyperhost) or 1
+            h.limit = limit if h.limit >= h.max_limit else min(h.limit, limit)
+            h.max_limit = limit
+            h.rate = float(ctl.hostrate.get(key[0], 0))
+            self._kick(h)
+        self._slot_freed()
 
     def _forget_down_hosts(self) -> None:
         """``mta flush``: the postmaster says try now, so no host stays marked down

@@ -8,7 +8,8 @@ line:
     scheduler -> worker   {"jobs": [{"m": msg, "s": sender, "d": [[ip, port], ...], "n": k,
                                       "r": [[rcpt_id, address, local], ...]}, ...]}
     scheduler -> worker   {"flush": 1}  forget which hosts looked down (``mta flush``)
-    scheduler -> worker   {"reload": 1} re-read the control files (SIGHUP)
+    scheduler -> worker   {"reload": 1} re-read the control files (SIGHUP); a remote
+                          worker's also says its new share: {"reload": 1, "connections": N}
     scheduler -> worker   {"stop": 1}   then end of input: finish what you hold, exit
     worker -> scheduler   {"res": [[rcpt_id, "K"|"Z"|"D", text, dsn], ...]}
     worker -> scheduler   {"res": [[rcpt_id, "F", text, dsn, address, [[ip, port], ...]]]}
@@ -61,10 +62,13 @@ async def read_jobs(reader: asyncio.StreamReader, on_flush=None,
         msg = json.loads(line)
         if msg.get("stop"):
             return
-        if msg.get("flush") or msg.get("reload"):
-            callback = on_flush if msg.get("flush") else on_reload
-            if callback is not None:
-                callback()
+        if msg.get("flush"):
+            if on_flush is not None:
+                on_flush()
+            continue
+        if msg.get("reload"):
+            if on_reload is not None:
+                on_reload(msg)
             continue
         for job in msg["jobs"]:
             yield job
@@ -95,8 +99,9 @@ class WorkerProcess:
     def send_flush(self) -> None:
         self._send_control(b'{"flush":1}\n')
 
-    def send_reload(self) -> None:
-        self._send_control(b'{"reload":1}\n')
+    def send_reload(self, **extra) -> None:
+        self._send_control(json.dumps({"reload": 1, **extra}, separators=(",", ":")).encode()
+                           + b"\n")
 
     def _send_control(self, line: bytes) -> None:
         if self.alive and self.proc.stdin and not self.proc.stdin.is_closing():

@@ -6,9 +6,11 @@ local and N remote worker processes (``mta.send.spawn``) and restarts a worker t
 dies, after putting what it had in flight back to due (delivered again: possibly a
 duplicate, never lost); it maps qmail-send's signals (ALRM: everything deferred
 is due now and the workers forget hosts marked down; HUP: re-read control files,
-keeping the old ones if a file is bad, and ask the local worker to do the same (it
-applies a new ``concurrencylocal``; remote workers keep their connection counts
-until restarted); TERM/INT: stop); it reads the
+keeping the old ones if a file is bad, and ask every worker to do the same (the
+local one applies a new ``concurrencylocal``; remote ones a new helohost, timeouts,
+per-host concurrency and rate, and its new share of ``concurrencyremote``, divided
+among the workers started with the scheduler, at least one connection each); TERM/INT:
+stop); it reads the
 ``queue/lock/trigger`` FIFO that injections poke; and it shuts everything down in
 order (workers finish, results are committed, the log is closed).
 
@@ -45,15 +47,20 @@ class Supervision:
 
     async def _start_workers(self) -> None:
         n = max(1, min(self.nworkers, self.ctl.concurrencyremote or 1))
-        per = max(1, self.ctl.concurrencyremote // n)
-        root = str(self.root)
-        self.remote = [WorkerProcess("mta.remote.worker", ["--root", root, "--connections", str(per)],
+        self.remote = [WorkerProcess("mta.remote.worker", self._remote_args(n),
                                      f"remote worker {i}") for i in range(n)]
-        self.local = WorkerProcess("mta.lspawn", ["--root", root], "local worker")
+        self.local = WorkerProcess("mta.lspawn", ["--root", str(self.root)], "local worker")
         self.readers = []
         for w in self.remote + [self.local]:
             await w.start()
             self.readers.append(asyncio.create_task(self._read_results(w)))
+
+    def _remote_share(self, n: int) -> int:
+        """Connections each of ``n`` remote workers may hold: concurrencyremote / n."""
+        return max(1, self.ctl.concurrencyremote // n)
+
+    def _remote_args(self, n: int) -> list[str]:
+        return ["--root", str(self.root), "--connections", str(self._remote_share(n))]
 
     async def _read_results(self, worker: WorkerProcess) -> None:
         while True:
@@ -112,7 +119,11 @@ class Supervision:
             return
         self.router = Router(self.ctl, timeout=self.dns_timeout, local_ips=self.local_ips)
         self.bouncer.ctl = self.ctl
-        self.local.send_reload()  # concurrencylocal; remote workers keep theirs until restarted
+        self.local.send_reload()  # concurrencylocal
+        n = len(self.remote)  # fixed while running: hosts are assigned to workers
+        for w in self.remote:  # helohost, timeouts, per-host concurrency and rate, its share
+            w.args = self._remote_args(n)  # a worker restarted later starts with them too
+            w.send_reload(connections=self._remote_share(n))
         self._want_pass()
 
     def _on_term(self) -> None:
