@@ -27,7 +27,6 @@ resume(...), load_parts(list_dir, number), progress(list_dir, number).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -155,6 +154,8 @@ async def resume(list_dir: Path, number: int, servers: list[Server], sender: str
             _save(list_dir, number, parts)  # this part's K is on disk before we go on
         return None
 
+    import asyncio
+
     errors = [e for e in await asyncio.gather(*map(hand_over, pending)) if e is not None]
     for e in errors:
         if e.permanent:
@@ -167,6 +168,8 @@ async def resume(list_dir: Path, number: int, servers: list[Server], sender: str
 def distribute(list_dir: Path, number: int, servers: list[Server], sender: str,
                addresses: Iterable[str], message: bytes, timeout: float = 60.0) -> list[dict]:
     """Synchronous entry for ezlist's post path (runs its own event loop)."""
+    import asyncio  # here, not at the top: every delivery to a list imports this module
+
     return asyncio.run(resume(list_dir, number, servers, sender, addresses, message, timeout))
 
 
@@ -176,6 +179,8 @@ def progress(list_dir: Path, number: int, timeout: float = 10.0) -> dict:
     Returns {"pending", "deferred", "delivered", "failed", "nrcpt", "unreachable",
     "parts": [...]} where ``unreachable`` counts parts whose machine did not answer.
     """
+    import asyncio
+
     from mta.progress import query_progress
 
     parts = load_parts(list_dir, number) or []

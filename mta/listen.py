@@ -46,7 +46,8 @@ from mta.access import AccessError, load_access
 from mta.control import ControlError, load_control
 from mta.local.rcpt_cache import DeliveryCache
 from mta.privsep import drop_to
-from mta.qq_client import QqClient, QqError, socket_path
+from mta.qq_async import QqClient
+from mta.qq_client import QqError, socket_path
 from mta.queue import QueueError, enqueue
 from mta.rcpt_token import strip_private
 from mta.reuseport import steer_by_client

@@ -55,9 +55,12 @@ import os
 import sqlite3
 import sys
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # not imported at run time: concurrent.futures costs ~12 ms
+    from concurrent.futures import Executor
 
 from mta.crashpoint import crash_point
 from mta.queue.errors import (
