@@ -161,7 +161,11 @@ def take_body(free: str, dest) -> int | None:
                     return None
                 pool.names, listed = _list(free), True
                 continue
-            fd = _take(f"{free}/{pool.names.pop()}", dest)
+            try:
+                name = pool.names.pop()
+            except IndexError:  # another thread of this process took the last name
+                continue
+            fd = _take(f"{free}/{name}", dest)
             if fd is not None:
                 return fd
     except OSError:

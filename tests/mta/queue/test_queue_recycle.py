@@ -192,3 +192,28 @@ def test_a_parked_file_that_is_not_empty_is_emptied_before_use(root: Path) -> No
     new = enqueue(root, "a@x.test", ["c@y.test"], b"short\n", received=b"")
     assert message_path(root, new).read_bytes() == b"short\n"
     assert files(root, "free") == []
+
+
+class _TakenMeanwhile(list):
+    """A listing whose last name another thread pops between our check and our pop
+    (local deliveries run in threads of one process and may all inject forwards)."""
+
+    def pop(self, *args):
+        if not getattr(self, "raced", False):
+            self.raced = True
+            super().clear()
+            raise IndexError("pop from empty list")
+        return super().pop(*args)
+
+
+def test_a_name_taken_by_another_thread_meanwhile_is_no_error(root: Path, monkeypatch) -> None:
+    import mta.queue.free as free
+
+    _warm(root)
+    _remove(root, enqueue(root, "a@x.test", ["b@y.test"], OLD))
+    [parked] = files(root, "free")
+    listings = iter([_TakenMeanwhile([parked]), [parked]])
+    monkeypatch.setattr(free, "_list", lambda folder: next(listings))
+    free._pool(str(root / "queue" / "free")).names = []
+    new = enqueue(root, "a@x.test", ["c@y.test"], b"short\n", received=b"")
+    assert message_path(root, new).read_bytes() == b"short\n"
