@@ -30,7 +30,6 @@ from tests.e2e.conftest import MTA, System, free_port, wait_until
 from mta.interfaces import Delivered
 from mta.net.qm_client import qmqp_send, qmtp_send
 from mta.netstring import NetstringDecoder
-from sink import Sink
 
 BODY = b"Subject: qm e2e\n\nhello over netstrings\n"
 K_OK = b"Kok "
@@ -105,15 +104,9 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture
-def sink():
-    with Sink("127.0.1.61") as s:
-        yield s
-
-
-@pytest.fixture
 def qm(tmp_path, sink):
     s = QmSystem(tmp_path)
-    s.control("smtproutes", f":127.0.1.61:{sink.port}\n")
+    s.control("smtproutes", f":{sink.host}:{sink.port}\n")  # the sink of conftest.py
     s.box = s.maildir("alice")
     s.alias("alice", "./alice/\n")
     try:
