@@ -121,7 +121,6 @@ def _own_tree(root: Path, pw: dict, gid: int) -> None:
     # setgid folders: bodies are created in tmp/ and renamed into mess/ with group mta
     _chown(root / "queue" / "mess", q.pw_uid, gid, 0o2750)
     _chown(root / "queue" / "tmp", q.pw_uid, gid, 0o2700)
-    (root / "queue" / "free").mkdir(exist_ok=True)  # recycled bodies (queue/free.py)
     _chown(root / "queue" / "free", q.pw_uid, gid, 0o2700)
     _chown(root / "queue" / "lock", q.pw_uid, gid, 0o751)
     for p in (root / "queue").rglob("*"):

@@ -3,9 +3,9 @@
 What it does: ``steer_by_client(sock, n)`` attaches a classic BPF program to the
 reuseport group of the listening ``sock`` that picks socket ``source_address % n``
 for each new connection (IPv4: the whole address; IPv6: its last 32 bits; the
-version is read from each packet, so IPv4 clients of an IPv6 socket are steered too). So every
-connection of one client lands in the same listener process, and that process's
-per-client cap (``max_per_ip``) is the real per-client cap instead of 1/N of it.
+version is read from each packet, so IPv4 clients of an IPv6 socket are steered
+too). So every connection of one client lands in the same listener process, and that
+process's per-client cap (``max_per_ip``) is the real per-client cap instead of 1/N of it.
 
 Theory: the kernel runs the program on the connection's first packet; its result is
 an index into the group, in the order the sockets joined (dense: when a socket

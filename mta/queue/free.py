@@ -1,11 +1,13 @@
-"""The pool of emptied body files (queue/free/): removed messages' inodes, reused.
+"""The pool of empty body files (queue/free/): removed messages' inodes, reused.
 
 Why. On ext4 without a journal, creating a file costs 100-250 us of kernel time
 when many inodes of its block group were deleted recently (the allocator skips
 "recently deleted" inodes, scanning from the start of the group each time);
 renaming an existing file into tmp/ and truncating it costs ~30 us in all. So
 ``remove_message`` parks a finished body here instead of unlinking it, and the
-next injection renames it into tmp/ instead of creating a file.
+next injection renames it into tmp/ instead of creating a file. ``mta init`` fills
+a new queue's pool with spare files (``stock_pool``), so a burst of mail before
+anything was delivered does not create a file a message either.
 
 A file in free/ is empty (truncated before its rename in), a regular file of the
 queue uid with one link and a mode no wider than a fresh body's (0640). A taker
@@ -18,10 +20,9 @@ Public:
     take_body(free, dest) -> int|None rename a free file to ``dest``; its fd, writable,
                                       empty, flock held; None: create a fresh one
     trim_pool(free) -> int            clean_queue's part: entries removed
-    stock_pool(free, count=None) -> int  create ``count`` (None: FREE_CAP) spare empty
-                                      files (``mta init``
-                                      does, so a new queue's first injections do not
-                                      allocate inodes either); how many were made
+    stock_pool(free, count=None) -> int
+                                      create up to ``count`` (None: FREE_CAP) spare
+                                      empty files; how many were made
 
 Stale readers. A process that still has mess/N open when the message is removed
 (a program's background child holding its stdin, say) must never see another
@@ -36,8 +37,9 @@ and not again for ``_EMPTY_BACKOFF`` seconds after finding it empty. The cap is
 counted per process, recounted every ``_RECOUNT`` seconds; several removers may
 overshoot it until then, and ``clean_queue`` trims.
 
-Failures: none escape. Any OSError makes ``recycle_body`` return False and
-``take_body`` return None (and leave free/ alone for ``_EMPTY_BACKOFF`` seconds).
+Failures: none escape from the injection and removal paths. Any OSError makes
+``recycle_body`` return False and ``take_body`` return None (and leave free/ alone for
+``_EMPTY_BACKOFF`` seconds). ``stock_pool`` raises OSError (``mta init`` reports it).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Layout under the instance root::
     queue/queue.db      SQLite, WAL, synchronous=FULL: messages and recipient rows
     queue/mess/<id>     one body file per committed message (id = messages.id)
     queue/tmp/          bodies being written (flock held by their writer)
-    queue/free/         emptied bodies of removed messages, reused by injections (free.py)
+    queue/free/         empty files (removed messages' bodies, spares made by mta init),
+                        reused by injections (free.py)
     queue/lock/trigger  named pipe; one byte written after each commit wakes the scheduler
 
 Recipient states (``recipients.state``)::

@@ -132,10 +132,9 @@ class RemoteWorker:
         self.ctl = ctl
         self.connections = max(1, int((msg or {}).get("connections", self.connections)))
         for key, h in self.hosts.items():
-            limit = ctl.hostconcurrency.get(key[0], ctl.concurrencyperhost) or 1
+            limit, h.rate = self._limits(key)
             h.limit = limit if h.limit >= h.max_limit else min(h.limit, limit)
             h.max_limit = limit
-            h.rate = float(ctl.hostrate.get(key[0], 0))
             self._kick(h)
         self._slot_freed()
 
@@ -164,10 +163,15 @@ class RemoteWorker:
     def _host(self, key: tuple) -> HostState:
         h = self.hosts.get(key)
         if h is None:
-            limit = self.ctl.hostconcurrency.get(key[0], self.ctl.concurrencyperhost) or 1
-            h = self.hosts[key] = HostState(key, max_limit=limit,
-                                            rate=float(self.ctl.hostrate.get(key[0], 0)))
+            limit, rate = self._limits(key)
+            h = self.hosts[key] = HostState(key, max_limit=limit, rate=rate)
         return h
+
+    def _limits(self, key: tuple) -> tuple[int, float]:
+        """The host's concurrency ceiling and message rate from the control files."""
+        ip = key[0]
+        return (self.ctl.hostconcurrency.get(ip, self.ctl.concurrencyperhost) or 1,
+                float(self.ctl.hostrate.get(ip, 0)))
 
     def _queue(self, key: tuple, txn: Txn) -> None:
         h = self._host(key)

@@ -7,7 +7,8 @@ enforces the RFC 5321 4.5.3.1 size limits and reports the old relay tricks
 (source routes, ``%``, ``!``, an ``@`` hidden in the local part).
 
 Public (to ``mta.smtp.server`` only): ``split_argument(text, keyword)``,
-``parse_mailbox(path)``, ``mail_params_refusal(params, size_limit)``, ``literal_ip(domain)``, ``ParsedAddress``, ``AddressError``,
+``parse_mailbox(path)``, ``mail_params_refusal(params, size_limit)``,
+``literal_ip(domain)``, ``ParsedAddress``, ``AddressError``,
 ``MAX_LOCAL_PART`` (64), ``MAX_PATH`` (256).
 
 How it fails: ``AddressError(reply)`` carrying the reply constant to send; an

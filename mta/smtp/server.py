@@ -4,7 +4,8 @@ What it does: one ``SmtpServer`` per client connection parses commands and DATA,
 applies ``SmtpPolicy`` and returns events for the transport (``mta.smtpd``):
 ``SendBytes``, ``CloseConnection``, ``StartTls``, ``MessageReady``. No I/O, no clock.
 
-Public: ``SmtpServer``, ``State``, the events above, ``Event``, ``SmtpPolicy``. Transport calls: ``greet()``, ``refuse(reply)``, ``receive_data(data)``,
+Public: ``SmtpServer``, ``State``, the events above, ``Event``, ``SmtpPolicy``.
+Transport calls: ``greet()``, ``refuse(reply)``, ``receive_data(data)``,
 ``message_queued(stamp, qp)``, ``message_refused(temporary, text)``,
 ``tls_started()``, ``timed_out()``; each returns the events to act on, in order.
 
@@ -29,9 +30,10 @@ lines are kept byte-exact with bounded buffering (LM-3); over the size limit the
 rest is dropped and the end gets 552 (LM-4); 100 hops or more get 554 (LP2).
 
 How it fails: it raises nothing on bad input; every client error becomes a reply,
-counted, and ``max_errors`` of them end the session with 421 (LM-7); so does each NOOP,
-RSET, VRFY or HELP past ``max_junk`` (Postfix's smtpd_junk_command_limit: no endless NOOPs). Calling the
-transport methods out of order raises ``RuntimeError`` (a bug in the caller).
+counted, and ``max_errors`` of them end the session with 421 (LM-7); each NOOP, RSET,
+VRFY or HELP past ``max_junk`` counts as one such error (Postfix's
+smtpd_junk_command_limit: no endless NOOPs). Calling the transport methods out of
+order raises ``RuntimeError`` (a bug in the caller).
 """
 
 from __future__ import annotations
