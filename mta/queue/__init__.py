@@ -14,7 +14,7 @@ Public names:
     qmail_received(pid, uid, when) -> bytes
     enqueue_batch(root, items, *, conn, pool=None) -> [id | QueueError], BatchItem
                                               group commit (batch.py)
-    remove_message(root, conn, msg_id)
+    remove_message(root, conn, msg_id), remove_messages(root, conn, msg_ids)
     clean_queue(root) -> int
     poke_trigger(root), open_trigger(root) -> fd, drain_trigger(fd) -> int
     read_envelope(read) -> (sender, recipients iterator)
@@ -33,7 +33,7 @@ from mta.queue.store import (
 from mta.queue.trigger import drain_trigger, open_trigger, poke_trigger, trigger_path
 from mta.queue.envelope import read_envelope
 from mta.queue.inject import PendingBody, commit_body, enqueue, qmail_received, write_body
-from mta.queue.clean import clean_queue, remove_message
+from mta.queue.clean import clean_queue, remove_message, remove_messages
 from mta.queue.batch import BatchItem, enqueue_batch
 
 _SUMMARY = frozenset({"MessageSummary", "message_counts", "queue_summary", "queue_totals",
@@ -54,6 +54,6 @@ __all__ = [
     "BOUNCED", "DEFERRED", "DELIVERED", "FAILED", "PENDING", "message_path", "open_queue",
     "drain_trigger", "open_trigger", "poke_trigger", "trigger_path", "read_envelope",
     "PendingBody", "commit_body", "enqueue", "qmail_received", "write_body",
-    "clean_queue", "remove_message", "BatchItem", "enqueue_batch",
+    "clean_queue", "remove_message", "remove_messages", "BatchItem", "enqueue_batch",
     "MessageSummary", "message_counts", "queue_summary", "queue_totals", "top_domains",
 ]

@@ -18,8 +18,8 @@ while injectors are writing). It removes:
   Unlinking a free file is always safe: a taker renaming it just fails and tries
   the next one.
 
-``remove_message(root, conn, msg_id)`` deletes a finished message: rows first (one
-transaction), then the file. The file is emptied and moved to ``queue/free/`` for
+``remove_messages(root, conn, msg_ids)`` deletes finished messages: rows first (one
+transaction for the group), then the files. The file is emptied and moved to ``queue/free/`` for
 the next injection to reuse (``free.recycle_body``: only when the pool has room
 and no other process has the file open), else unlinked. A crash in between
 leaves a file without rows (possibly already emptied), which ``clean_queue``
@@ -27,7 +27,8 @@ removes; never rows without their file.
 
 Public:
     clean_queue(root) -> int                    number of files removed
-    remove_message(root, conn, msg_id) -> None  commits on ``conn``
+    remove_messages(root, conn, msg_ids) -> None  commits on ``conn``
+    remove_message(root, conn, msg_id) -> None    the same for one
 
 Failures: QueueError from open_queue; OSError other than "already gone" from
 listing or unlinking, and sqlite3.Error, propagate (the caller logs and retries).
@@ -40,11 +41,12 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Sequence
 
 from mta.queue.free import recycle_body, trim_pool
 from mta.queue.store import fsync_dir, message_path, open_queue
 
-__all__ = ["clean_queue", "remove_message"]
+__all__ = ["clean_queue", "remove_message", "remove_messages"]
 
 
 def clean_queue(root: str | os.PathLike) -> int:
@@ -102,30 +104,46 @@ def _remove_if_unlocked(path: Path) -> int:
 
 
 def remove_message(root: str | os.PathLike, conn: sqlite3.Connection, msg_id: int) -> None:
-    """Delete message ``msg_id``: its rows (committed on ``conn``), then its body.
+    """Delete message ``msg_id``: its rows (committed on ``conn``), then its body."""
+    remove_messages(root, conn, [msg_id])
 
-    In the same transaction its final counts go to ``finished`` and its failed
+
+def remove_messages(root: str | os.PathLike, conn: sqlite3.Connection,
+                    msg_ids: Sequence[int]) -> None:
+    """Delete finished messages: all their rows in one transaction, then the bodies.
+
+    In the same transaction each one's final counts go to ``finished`` and its failed
     recipients (address, domain, last text) to ``failures``, so status queries can
-    report on a message after it left the queue.
+    report on a message after it left the queue. One commit (one WAL fsync) for the
+    whole group: a scheduler finishing hundreds of one-recipient messages in a
+    result batch must not pay a disk flush for each.
     """
+    if not msg_ids:
+        return
+    now = time.time()
+    ids = [(m,) for m in msg_ids]
     if not conn.in_transaction:
         conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute(
+        conn.executemany(
             "INSERT OR REPLACE INTO finished (id, sender, bytes, created, finished, nrcpt,"
             " delivered, failed) SELECT id, sender, bytes, created, ?2, nrcpt,"
             " (SELECT count(*) FROM recipients WHERE msg = ?1 AND state = 2),"
             " (SELECT count(*) FROM recipients WHERE msg = ?1 AND state >= 3)"
-            " FROM messages WHERE id = ?1", (msg_id, time.time()))
-        conn.execute("INSERT INTO failures (msg, addr, domain, text) SELECT msg, addr, domain,"
-                     " text FROM recipients WHERE msg = ? AND state >= 3", (msg_id,))
-        conn.execute("DELETE FROM recipients WHERE msg = ?", (msg_id,))
-        conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+            " FROM messages WHERE id = ?1", [(m, now) for m in msg_ids])
+        conn.executemany("INSERT INTO failures (msg, addr, domain, text) SELECT msg, addr,"
+                         " domain, text FROM recipients WHERE msg = ? AND state >= 3", ids)
+        conn.executemany("DELETE FROM recipients WHERE msg = ?", ids)
+        conn.executemany("DELETE FROM messages WHERE id = ?", ids)
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
-    path = message_path(root, msg_id)
+    for msg_id in msg_ids:
+        _remove_body(message_path(root, msg_id))
+
+
+def _remove_body(path: Path) -> None:
     if recycle_body(path):
         return
     try:

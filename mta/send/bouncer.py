@@ -9,16 +9,25 @@ a crash in between sends the bounce twice, never zero times.
 
 A failed double bounce (sender ``#@[]``) is dropped and logged as qmail does
 ("triple bounce: discarding").
+
+``Bouncer.finish(infos)`` ends messages with nothing left to try: each one's
+failures are reported, then every reported message is removed in one transaction
+(``mta.queue.remove_messages``: one WAL flush for the group, not one a message).
+A bounce that cannot be queued (disk full, a broken queue folder) is logged as
+qmail-send does ("trouble injecting bounce message, will try later") and its
+message stays queued, its failures unreported; ``finish`` returns the ids that
+were removed so the caller can try the others again later.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
 from mta.bounce import DOUBLE_BOUNCE_SENDER, Failure, bounce_recipient, build_bounce
-from mta.queue import enqueue, message_path, remove_message
+from mta.queue import QueueError, enqueue, message_path, remove_messages
 from mta.send import store
 from mta.status import enhanced_status
 
@@ -68,8 +77,26 @@ class Bouncer:
         enqueue(self.root, bsender, [brcpt], message)
         self.log.bounce(info.msg_id, os.getpid())
 
-    def remove(self, msg_id: int) -> None:
-        remove_message(self.root, self.conn, msg_id)
+    def try_report(self, info: store.MessageInfo, only: set[int] | None = None) -> bool:
+        """``report``, logging a bounce that could not be queued; True if all went."""
+        try:
+            self.report(info, only)
+        except (QueueError, OSError) as e:
+            self.log.line(f"warning: trouble injecting bounce message for msg {info.msg_id}:"
+                          f" {e}; will try later")
+            return False
+        return True
+
+    def finish(self, infos: list[store.MessageInfo]) -> list[int]:
+        """Report and remove finished messages; return the ids removed."""
+        done = [info.msg_id for info in infos if self.try_report(info)]
+        try:
+            remove_messages(self.root, self.conn, done)
+        except (sqlite3.Error, OSError) as e:
+            self.log.line(f"warning: trouble removing {len(done)} finished messages: {e};"
+                          " will try later")
+            return []
+        return done
 
 
 def _dsn(text: str) -> str:

@@ -32,7 +32,11 @@ Z (temporary) sets ``next_try`` by qmail's schedule; if the attempt was made aft
 (permanent) marks the row failed. Failures are reported by ``Bouncer``: per
 recipient as soon as they happen for VERPed messages (each goes to its own VERP
 address), in one QSBMF for the others once the message has nothing left to try.
-A message with nothing left is removed ("end msg N").
+A message with nothing left is removed ("end msg N"): all those a result batch
+finishes go in one commit, so a burst of one-recipient messages costs one WAL flush
+a batch, not one a message. A bounce that cannot be queued keeps its message
+(``finish_later``), logged, for another try ``FINISH_RETRY`` seconds later or on
+SIGALRM.
 
 A pass ends when the cursor runs off the end; a new one starts on a trigger (an
 injection pokes ``queue/lock/trigger``), SIGALRM (everything deferred becomes due
@@ -69,6 +73,7 @@ from mta.verp import is_verp
 __all__ = ["Scheduler"]
 
 START = (-1.0, 0)
+FINISH_RETRY = 60.0  # seconds before a bounce that could not be queued is tried again
 
 
 class Scheduler(Handover, Supervision):
@@ -105,6 +110,8 @@ class Scheduler(Handover, Supervision):
         self.msg_inflight: Counter = Counter()
         self.unreported: set[int] = set()
         self.left: dict[int, int] = {}
+        self.finish_later: set[int] = set()  # finished, but a bounce could not be queued
+        self.finish_retry_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -138,6 +145,7 @@ class Scheduler(Handover, Supervision):
     async def _main_loop(self) -> None:
         while not self.stopping:
             self._announce_new()
+            self._retry_finishing()
             await self._fill()
             timeout = self._sleep_time()
             self.wake.clear()
@@ -161,6 +169,8 @@ class Scheduler(Handover, Supervision):
         if self.pass_open and self._busy() < self.window:
             return 0.05
         nxt = store.next_due_time(self.conn)
+        if self.finish_later:
+            nxt = min(self.finish_retry_at, nxt if nxt is not None else self.finish_retry_at)
         if nxt is None:
             return 5.0
         return min(5.0, max(0.05, nxt - self.clock()))
@@ -175,8 +185,7 @@ class Scheduler(Handover, Supervision):
             self.left.setdefault(info.msg_id, info.nrcpt)
             self.log.new_msg(info.msg_id)
             self.log.info_msg(info.msg_id, info.bytes, info.sender, info.qp, info.uid)
-            if info.nrcpt == 0:
-                self._finish_message(info.msg_id)
+        self._finish_messages([info.msg_id for info in new if info.nrcpt == 0])
 
     async def _fill(self) -> None:
         if not self.pass_open:
@@ -342,17 +351,19 @@ class Scheduler(Handover, Supervision):
         if not self.inflight:
             self.journal.clear()
         for msg_id, rids in verp_failed.items():
-            self.bouncer.report(self._info(msg_id), only=set(rids))
+            self.bouncer.try_report(self._info(msg_id), only=set(rids))
+        finished: dict[int, None] = {}
         for msg_id in done:
             self.left[msg_id] = self.left.get(msg_id, 1) - 1
             if self.left[msg_id] <= 0:
-                self._finish_message(msg_id)
+                finished[msg_id] = None
+        self._finish_messages(list(finished))
         # as qmail-send's messdone(): failures are reported once nothing of the
         # message is in flight, even while other recipients wait for a retry
         for msg_id in [m for m in self.unreported if self.msg_inflight[m] <= 0]:
             self.unreported.discard(msg_id)
-            if msg_id in self.left:
-                self.bouncer.report(self._info(msg_id))
+            if msg_id in self.left and msg_id not in self.finish_later:
+                self.bouncer.try_report(self._info(msg_id))
         remote = sum(self.dest_inflight.values())
         self.log.status(len(self.inflight) - remote, self.ctl.concurrencylocal,
                         remote, self.ctl.concurrencyremote)
@@ -360,17 +371,31 @@ class Scheduler(Handover, Supervision):
 
     def _finish_idle_messages(self) -> None:
         """Messages left with nothing to try (e.g. a crash after their last result)."""
-        for (msg_id,) in self.conn.execute("SELECT id FROM messages WHERE seen = 1").fetchall():
-            if self.left.get(msg_id, 0) == 0:
-                self._finish_message(msg_id)
+        rows = self.conn.execute("SELECT id FROM messages WHERE seen = 1").fetchall()
+        self._finish_messages([m for (m,) in rows if self.left.get(m, 0) == 0])
 
-    def _finish_message(self, msg_id: int) -> None:
-        info = self._info(msg_id)
-        if info is not None:
-            self.bouncer.report(info)
-            self.bouncer.remove(msg_id)
-            self.log.end_msg(msg_id)
-        self.left.pop(msg_id, None)
-        self.msgs.pop(msg_id, None)
-        self.msg_inflight.pop(msg_id, None)
-        self.unreported.discard(msg_id)
+    def _finish_messages(self, msg_ids: list[int]) -> None:
+        """Bounce and remove messages with nothing left to try, all in one commit.
+
+        A message whose bounce could not be queued stays (``finish_later``) and is
+        tried again after ``FINISH_RETRY`` seconds, or at once on SIGALRM."""
+        if not msg_ids:
+            return
+        infos = {m: info for m in msg_ids if (info := self._info(m)) is not None}
+        removed = set(self.bouncer.finish(list(infos.values())))
+        for msg_id in msg_ids:
+            if msg_id in infos and msg_id not in removed:
+                self.finish_later.add(msg_id)
+                self.finish_retry_at = self.clock() + FINISH_RETRY
+                continue
+            if msg_id in removed:
+                self.log.end_msg(msg_id)
+            self.finish_later.discard(msg_id)
+            self.left.pop(msg_id, None)
+            self.msgs.pop(msg_id, None)
+            self.msg_inflight.pop(msg_id, None)
+            self.unreported.discard(msg_id)
+
+    def _retry_finishing(self) -> None:
+        if self.finish_later and self.clock() >= self.finish_retry_at:
+            self._finish_messages(sorted(self.finish_later))

@@ -106,6 +106,7 @@ class Supervision:
 
     def _on_alarm(self) -> None:
         store.reschedule_all(self.conn, self.clock())
+        self.finish_retry_at = 0.0  # and bounces that could not be queued are tried again
         self.router.forget()
         for w in self.remote:
             w.send_flush()

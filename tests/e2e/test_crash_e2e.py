@@ -21,6 +21,8 @@ from collections import Counter
 
 from conftest import MTA
 
+KILL_AT = (0.25, 0.6)  # LO3: kill -9 once this share of the messages is acknowledged
+KILLS = len(KILL_AT)
 BIG = b"Subject: big\r\nMessage-ID: <big@t.example>\r\n\r\n" + b"x" * 998 + b"\r\n"
 
 
@@ -150,7 +152,7 @@ def test_lo3_burst_with_two_kills_every_acknowledged_message_delivered(system):
     system.start()
     clients = Clients(system.port, n=20, per=50, deadline=time.monotonic() + 90)
     clients.start()
-    for fraction in (0.25, 0.6):
+    for fraction in KILL_AT:
         system.wait_until(lambda: len(clients.acked) >= 1000 * fraction, 60,
                           f"{fraction:.0%} of the messages acknowledged")
         system.kill()
@@ -167,11 +169,20 @@ def test_lo3_burst_with_two_kills_every_acknowledged_message_delivered(system):
     duplicated = {m: c for m, c in ids.items() if c > 1}
     # a client resends only the one message it had in flight at a kill
     resent = {m for m in duplicated if clients.attempts[m] > 1}
-    assert len(resent) <= 2 * 20, resent
-    # a redelivery happens only for what the scheduler had in flight (results are
-    # committed in batches), and each such recipient was announced in log/send
-    redelivered = set(duplicated) - resent
+    assert len(resent) <= KILLS * 20, resent
+    # Each SMTP attempt queues at most one copy; a copy is delivered again only if
+    # the scheduler had it in flight at a kill (results are committed in batches),
+    # and each restart announces each such recipient once in log/send. So the
+    # deliveries beyond the first are bounded by the extra attempts plus the
+    # announcements, and one message by its attempts times (1 + kills): a copy
+    # still in flight at both kills (slow start under load) is delivered 3 times.
     announced = [line for line in system.log_lines()
                  if "in flight when the scheduler stopped" in line]
+    redelivered = set(duplicated) - resent
     assert len(redelivered) <= len(announced), (len(redelivered), len(announced))
-    assert all(c <= 3 for c in duplicated.values()), duplicated  # resent and redelivered
+    extra = sum(c - 1 for c in ids.values())
+    extra_attempts = sum(clients.attempts[m] - 1 for m in ids)
+    assert extra <= extra_attempts + len(announced), (extra, extra_attempts, len(announced))
+    over = {m: (c, clients.attempts[m]) for m, c in duplicated.items()
+            if c > clients.attempts[m] * (1 + KILLS)}
+    assert not over, over

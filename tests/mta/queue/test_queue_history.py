@@ -1,6 +1,7 @@
-"""remove_message keeps a record: final counts in `finished`, failed rows in `failures`."""
+"""remove_message(s) keeps a record: final counts in `finished`, failed rows in `failures`;
+remove_messages ends a whole group in one commit."""
 
-from mta.queue import enqueue, open_queue, remove_message
+from mta.queue import enqueue, open_queue, remove_message, remove_messages
 from mta.instance import init_instance
 
 
@@ -21,6 +22,30 @@ def test_finished_message_leaves_counts_and_failures(tmp_path):
     assert fails == [("b@y.test", "y.test", "550 no"), ("c@y.test", "y.test", "554 gone")]
     assert conn.execute("SELECT count(*) FROM recipients").fetchone()[0] == 0
     assert not (tmp_path / "queue" / "mess" / str(msg)).exists()
+
+
+def test_a_group_of_finished_messages_is_removed_in_one_commit(tmp_path):
+    init_instance(tmp_path, "mx.test")
+    ids = [enqueue(tmp_path, "s@mx.test", [f"r{i}@x.test"], b"\nhi\n") for i in range(40)]
+    keep = enqueue(tmp_path, "s@mx.test", ["k@x.test"], b"\nstays\n")
+    conn = open_queue(tmp_path)
+    with conn:
+        conn.execute("UPDATE recipients SET state = 2")
+        conn.execute("UPDATE recipients SET state = 3, text = '554 gone' WHERE addr = 'r7@x.test'")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    remove_messages(tmp_path, conn, ids)
+    conn.set_trace_callback(None)
+    assert [s for s in statements if s.upper().startswith(("COMMIT", "BEGIN"))] == [
+        "BEGIN IMMEDIATE", "COMMIT"]
+    assert conn.execute("SELECT id FROM messages").fetchall() == [(keep,)]
+    assert conn.execute("SELECT count(*), sum(delivered), sum(failed) FROM finished"
+                        ).fetchone() == (40, 39, 1)
+    assert conn.execute("SELECT addr FROM failures").fetchall() == [("r7@x.test",)]
+    mess = tmp_path / "queue" / "mess"
+    assert sorted(p.name for p in mess.iterdir()) == [str(keep)]
+    remove_messages(tmp_path, conn, ids)  # again (a retry after a crash): nothing changes
+    assert conn.execute("SELECT count(*) FROM finished").fetchone() == (40,)
 
 
 def test_schema_upgrade_adds_history_tables(tmp_path):
