@@ -282,9 +282,11 @@ maillog_file = {log}
 """
 
 
-def setup_postfix(port: int) -> None:
+def setup_postfix(port: int, main_cf: str = MAIN_CF) -> None:
+    """The separate Postfix instance in PF_DIR, smtpd on ``port``; ``main_cf`` is a
+    template with {queue}, {data} and {log} (local_delivery_vs_postfix.py passes its own)."""
     PF_DIR.mkdir(exist_ok=True)
-    (PF_DIR / "main.cf").write_text(MAIN_CF.format(queue=PF_QUEUE, data=PF_DATA, log=PF_LOG))
+    (PF_DIR / "main.cf").write_text(main_cf.format(queue=PF_QUEUE, data=PF_DATA, log=PF_LOG))
     master = []
     for line in Path("/etc/postfix/master.cf").read_text().splitlines():
         words = line.split()
