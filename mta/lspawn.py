@@ -3,8 +3,10 @@
 Run by the scheduler as ``python -m mta.lspawn --root DIR``; reads jobs on stdin and
 writes K/Z/D results on stdout (protocol in ``mta.send.spawn``). Each recipient is
 delivered by ``mta.local.deliver_local`` through the dot-qmail files in ``alias/``,
-at most ``concurrencylocal`` at once (a thread each: deliveries wait on disks and
-programs, not on the CPU); the others wait in arrival order. A reload request (the
+at most ``concurrencylocal`` at once, each in one of that many threads
+(deliveries wait on disks and programs, not on the CPU); the others wait in arrival
+order. The main thread only reads stdin (blocking reads, no event loop); a delivery
+thread writes its own result line when it is done. A reload request (the
 scheduler's SIGHUP) re-reads the control files: a new ``concurrencylocal`` applies
 at once, counting the deliveries already running (a bad file keeps the old values).
 
@@ -12,17 +14,17 @@ Forwards found in dot-qmail files are injected through the queue
 (``mta.queue.enqueue``) with the original sender, as qmail-local does through
 qmail-queue. A failure to inject fails the delivery temporarily.
 A stop request asks the worker to finish what it holds and exit; a bare end of
-input (the scheduler died) makes it exit at once.
+input, or a result that cannot be written (the scheduler died), makes it exit at
+once with 111.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mta.control import ControlError, load_control
@@ -31,33 +33,44 @@ from mta.local import LocalJob, deliver_local
 from mta.privsep import drop_to
 from mta.qq_client import inject
 from mta.queue import message_path
-from mta.send.spawn import SchedulerGone, encode_results, read_jobs
+from mta.send.wire import SchedulerGone, encode_results, iter_jobs
 
 
 class LocalWorker:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, out_fd: int = 1):
         self.root = root
+        self.out_fd = out_fd
         self.ctl = load_control(root)
         self.limit = max(1, self.ctl.concurrencylocal)
-        self.pool = ThreadPoolExecutor(self.limit)
         self.waiting: deque[tuple] = deque()  # (msg, sender, rid, addr, local) not started yet
-        self.running: set[asyncio.Future] = set()
-        self.out = sys.stdout.buffer
+        self.running = 0
+        self.stopping = False
+        self.cond = threading.Condition()
+        self.out_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self._grow()
+
+    def _grow(self) -> None:
+        """One thread per allowed delivery (more when the limit grows; never fewer)."""
+        while len(self.threads) < self.limit:
+            t = threading.Thread(target=self._serve, name=f"local-{len(self.threads)}",
+                                 daemon=True)
+            self.threads.append(t)
+            t.start()
 
     def reload(self, _msg: dict | None = None) -> None:
         try:
-            self.ctl = load_control(self.root)
+            ctl = load_control(self.root)
         except ControlError as e:
             sys.stderr.write("alert: local worker: unable to reread controls, keeping"
                              f" the old ones: {e}\n")
             return
-        limit = max(1, self.ctl.concurrencylocal)
-        if limit > self.limit:  # more threads: a new pool; the old one ends with its deliveries
-            self.pool.shutdown(wait=False)
-            self.pool = ThreadPoolExecutor(limit)
-        self.limit = limit
-        sys.stderr.write(f"local worker: concurrencylocal now {limit}\n")
-        self._start_waiting()
+        with self.cond:
+            self.ctl = ctl
+            self.limit = max(1, ctl.concurrencylocal)
+            self._grow()
+            self.cond.notify_all()
+        sys.stderr.write(f"local worker: concurrencylocal now {self.limit}\n")
 
     def _inject(self, sender: str, recipients, message: bytes) -> None:
         inject(self.root, sender, list(recipients), message)
@@ -78,34 +91,46 @@ class LocalWorker:
             return [rid, "D", o.reason, o.dsn]
         return [rid, "Z", o.reason, o.dsn]
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    def run(self) -> None:
         try:
-            async for job in read_jobs(reader, on_reload=self.reload):
-                self.waiting.extend((job["m"], job["s"], rid, addr, local)
-                                    for rid, addr, local in job["r"])
-                self._start_waiting()
+            for job in iter_jobs(sys.stdin.buffer, on_reload=self.reload):
+                with self.cond:
+                    self.waiting.extend((job["m"], job["s"], rid, addr, local)
+                                        for rid, addr, local in job["r"])
+                    self.cond.notify_all()
         except SchedulerGone:
             sys.stderr.write("alert: local worker: scheduler gone; exiting\n")
             os._exit(111)
-        while self.running:  # a stop request: finish what we hold, the waiting ones too
-            await asyncio.wait(list(self.running))
-        self.pool.shutdown()
+        with self.cond:  # a stop request: finish what we hold, the waiting ones too
+            self.stopping = True
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join()
 
-    def _start_waiting(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.waiting and len(self.running) < self.limit:
-            fut = loop.run_in_executor(self.pool, self._deliver, *self.waiting.popleft())
-            self.running.add(fut)
-            fut.add_done_callback(self._done)
+    def _serve(self) -> None:
+        while True:
+            with self.cond:
+                while not self.waiting or self.running >= self.limit:
+                    if self.stopping and not self.waiting:
+                        return
+                    self.cond.wait()
+                item = self.waiting.popleft()
+                self.running += 1
+            line = encode_results([self._deliver(*item)])
+            with self.cond:
+                self.running -= 1
+                self.cond.notify()
+            self._write(line)
 
-    def _done(self, fut: asyncio.Future) -> None:
-        self.running.discard(fut)
-        self.out.write(encode_results([fut.result()]))
-        self.out.flush()
-        self._start_waiting()
+    def _write(self, line: bytes) -> None:
+        with self.out_lock:
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self.out_fd, view):]
+            except OSError as e:  # nobody reads our results: the scheduler is gone
+                sys.stderr.write(f"alert: local worker: cannot report results: {e}; exiting\n")
+                os._exit(111)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", required=True, type=Path)
     args = ap.parse_args(argv)
     drop_to(args.root, "local")
-    asyncio.run(LocalWorker(args.root).run())
+    LocalWorker(args.root).run()
 
 
 if __name__ == "__main__":

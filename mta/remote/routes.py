@@ -42,10 +42,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable, Union
 
-from mta.dns import AMBIG_MX, Resolver, perm_dns
 from mta.interfaces import PermFail, TempFail
+
+if TYPE_CHECKING:  # mta.dns (dnspython, asyncio) only where a route is resolved: every
+    from mta.dns import Resolver  # process reading control files imports this module
 
 __all__ = ["Route", "parse_routes", "route_for", "resolve_destination"]
 
@@ -194,6 +196,8 @@ async def resolve_destination(
     A route with a relay uses ``resolver.addresses`` (A/AAAA); otherwise the
     domain's MX via ``resolver.destinations``, on the route's port if any.
     """
+    from mta.dns import AMBIG_MX, perm_dns
+
     domain = domain.strip().rstrip(".").lower()
     route = route_for(domain, routes)
     port = route.port if route else DEFAULT_PORT

@@ -29,7 +29,9 @@ again, so the worker exits at once (``read_jobs`` raises ``SchedulerGone``) rath
 than deliver them a second time in parallel (security matrix QF10).
 
 Public: WorkerProcess (start, send_jobs, send_flush, send_reload, results(), stop),
-encode_results, read_jobs(reader, on_flush, on_reload) (worker side), SchedulerGone.
+read_jobs(reader, on_flush, on_reload) (worker side, asyncio); from ``mta.send.wire``
+(no asyncio there): encode_results, parse_line, iter_jobs (worker side, blocking
+reads), SchedulerGone.
 A worker that dies is reported by ``results()`` ending; the scheduler then forgets
 what it had in flight there (it is fetched again: at least once, never lost).
 """
@@ -42,35 +44,22 @@ import os
 import sys
 from typing import AsyncIterator
 
-__all__ = ["WorkerProcess", "encode_results", "read_jobs", "SchedulerGone"]
+from mta.send.wire import SchedulerGone, encode_results, iter_jobs, parse_line
+
+__all__ = ["WorkerProcess", "encode_results", "iter_jobs", "parse_line", "read_jobs",
+           "SchedulerGone"]
 
 _LIMIT = 64 * 1024 * 1024
-
-
-def encode_results(results: list[list]) -> bytes:
-    return json.dumps({"res": results}, separators=(",", ":")).encode() + b"\n"
-
-
-class SchedulerGone(Exception):
-    """The worker's input ended without a stop request: its scheduler is dead."""
 
 
 async def read_jobs(reader: asyncio.StreamReader, on_flush=None,
                     on_reload=None) -> AsyncIterator[dict]:
     """Worker side: yield each job until a stop request; SchedulerGone on a bare EOF."""
     while line := await reader.readline():
-        msg = json.loads(line)
-        if msg.get("stop"):
+        jobs = parse_line(line, on_flush, on_reload)
+        if jobs is None:
             return
-        if msg.get("flush"):
-            if on_flush is not None:
-                on_flush()
-            continue
-        if msg.get("reload"):
-            if on_reload is not None:
-                on_reload(msg)
-            continue
-        for job in msg["jobs"]:
+        for job in jobs:
             yield job
     raise SchedulerGone
 
