@@ -39,6 +39,7 @@ from mta.send.wire import SchedulerGone, encode_results, iter_jobs
 class LocalWorker:
     def __init__(self, root: Path, out_fd: int = 1):
         self.root = root
+        self.alias_dir = root / "alias"
         self.out_fd = out_fd
         self.ctl = load_control(root)
         self.limit = max(1, self.ctl.concurrencylocal)
@@ -77,7 +78,7 @@ class LocalWorker:
 
     def _deliver(self, msg: int, sender: str, rid: int, addr: str, local: str) -> list:
         domain = addr.rpartition("@")[2] or self.ctl.envnoathost
-        job = LocalJob(alias_dir=self.root / "alias", message_path=message_path(self.root, msg),
+        job = LocalJob(alias_dir=self.alias_dir, message_path=message_path(self.root, msg),
                        sender=sender, recipient=f"{local}@{domain}", local=local,
                        domain=domain, inject=self._inject,
                        extra_env=(("MTA_ROOT", str(self.root)),))
@@ -93,7 +94,9 @@ class LocalWorker:
 
     def run(self) -> None:
         try:
-            for job in iter_jobs(sys.stdin.buffer, on_reload=self.reload):
+            # a job line can hold thousands of recipients: read it in large pieces
+            stdin = open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
+            for job in iter_jobs(stdin, on_reload=self.reload):
                 with self.cond:
                     self.waiting.extend((job["m"], job["s"], rid, addr, local)
                                         for rid, addr, local in job["r"])

@@ -54,22 +54,26 @@ def unique_name(now: float | None = None) -> str:
 
 def deliver_maildir(directory: Path, prefix: bytes, message_path: Path) -> Delivered | TempFail:
     """Deliver one message into the Maildir ``directory`` (see module doc)."""
-    directory = Path(directory)
-    if not (directory / "tmp").is_dir() or not (directory / "new").is_dir():
+    # plain strings and descriptors: this runs once a local delivery, and pathlib's
+    # objects and buffered files cost more than the rest of the Python work here
+    directory = os.fspath(directory)
+    new_dir = f"{directory}/new"
+    if not os.path.isdir(f"{directory}/tmp") or not os.path.isdir(new_dir):
         return TempFail("Unable to chdir to maildir. (#4.2.1)", "4.2.1")
     name = unique_name()
-    tmp = directory / "tmp" / name
-    new = directory / "new" / name
+    tmp = f"{directory}/tmp/{name}"
     try:
-        src = open(message_path, "rb")
+        src = os.open(message_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         return TempFail(f"Unable to read message: {exc.strerror}. (#4.3.0)", "4.3.0")
     try:
-        with src:
+        try:
             _write_tmp(tmp, prefix, src)
+        finally:
+            os.close(src)
         crash_point("maildir_before_link")
-        os.link(tmp, new)
-        _fsync_dir(directory / "new")
+        os.link(tmp, f"{new_dir}/{name}")
+        _fsync_dir(new_dir)
     except _ReadError as exc:
         _unlink_quietly(tmp)
         return TempFail(f"Unable to read message: {exc}. (#4.3.0)", "4.3.0")
@@ -86,13 +90,13 @@ class _ReadError(Exception):
     """Reading the stored message failed (as opposed to writing the copy)."""
 
 
-def _write_tmp(tmp: Path, prefix: bytes, src) -> None:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_tmp(tmp: str, prefix: bytes, src: int) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, prefix)
         while True:
             try:
-                chunk = src.read(CHUNK)
+                chunk = os.read(src, CHUNK)
             except OSError as exc:
                 raise _ReadError(exc.strerror) from exc
             if not chunk:
@@ -109,15 +113,15 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str) -> None:
     # The tmp file is only garbage at this point: a failed unlink (already gone,
     # or the directory vanished) changes nothing about the delivery's outcome.
     try:
