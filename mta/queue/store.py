@@ -52,6 +52,16 @@ __all__ = [
 
 PENDING, DEFERRED, DELIVERED, FAILED, BOUNCED = 0, 1, 2, 3, 4
 BUSY_TIMEOUT = 120.0  # seconds; a million-recipient injection holds the lock ~5 s
+
+
+def _busy_timeout() -> float:
+    """How long a writer waits for the database lock: ``MTA_QUEUE_BUSY_TIMEOUT``
+    seconds if set to a positive number, else BUSY_TIMEOUT."""
+    try:
+        value = float(os.environ.get("MTA_QUEUE_BUSY_TIMEOUT", BUSY_TIMEOUT))
+    except ValueError:
+        return BUSY_TIMEOUT
+    return value if value > 0 else BUSY_TIMEOUT
 _SCHEMA_VERSION = 2  # 2: finished + failures tables
 
 SCHEMA = """
@@ -110,7 +120,7 @@ def open_queue(root: str | os.PathLike, *, create: bool = True) -> sqlite3.Conne
             _make_dirs(qdir)
         elif not (qdir / "queue.db").is_file():
             raise QueueDirError(f"no queue at {qdir} (run mta init)")
-        conn = sqlite3.connect(qdir / "queue.db", timeout=BUSY_TIMEOUT)
+        conn = sqlite3.connect(qdir / "queue.db", timeout=_busy_timeout())
     except (OSError, sqlite3.Error) as exc:
         raise QueueDirError(f"cannot open the queue in {qdir}: {exc}") from exc
     try:

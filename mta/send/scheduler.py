@@ -36,7 +36,10 @@ A message with nothing left is removed ("end msg N"): all those a result batch
 finishes go in one commit, so a burst of one-recipient messages costs one WAL flush
 a batch, not one a message. A bounce that cannot be queued keeps its message
 (``finish_later``), logged, for another try ``FINISH_RETRY`` seconds later or on
-SIGALRM.
+SIGALRM. A batch of results that cannot be committed (sqlite3.Error: the lock held
+past the busy timeout, a disk error) goes back to the pending results, logged as an
+alert, and is tried again after 1 s, doubling up to ``FLUSH_RETRY_MAX``; its rows stay
+in flight meanwhile, so nothing is fetched or delivered again.
 
 A pass ends when the cursor runs off the end; a new one starts on a trigger (an
 injection pokes ``queue/lock/trigger``), SIGALRM (everything deferred becomes due
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -74,6 +78,7 @@ __all__ = ["Scheduler"]
 
 START = (-1.0, 0)
 FINISH_RETRY = 60.0  # seconds before a bounce that could not be queued is tried again
+FLUSH_RETRY_MAX = 30.0  # longest wait between tries to commit results (doubling from 1 s)
 
 
 class Scheduler(Handover, Supervision):
@@ -303,11 +308,21 @@ class Scheduler(Handover, Supervision):
 
     # -- results ------------------------------------------------------------------
     async def _flush_loop(self) -> None:
+        delay = self.flush_interval
         while True:
-            await asyncio.sleep(self.flush_interval)
-            if self.pending:
+            await asyncio.sleep(delay)
+            if not self.pending:
+                continue
+            try:
                 self._flush()
-                self.wake.set()
+            except sqlite3.Error as e:  # the results wait in memory; nothing is re-sent
+                delay = min(max(delay * 2, 1.0), FLUSH_RETRY_MAX)
+                self.log.line(f"alert: unable to record delivery results: {e};"
+                              f" trying again in {delay:.0f} seconds")
+                self.log.flush()
+                continue
+            delay = self.flush_interval
+            self.wake.set()
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
@@ -317,6 +332,7 @@ class Scheduler(Handover, Supervision):
         now = self.clock()
         delivered, deferred, failed, done = [], [], [], []
         verp_failed: dict[int, list[int]] = defaultdict(list)
+        said: list[tuple[int, str, str]] = []  # log lines, written once committed
         for rid, code, text, *_ in batch:
             fl = self.inflight.get(rid)
             if fl is None:
@@ -324,21 +340,27 @@ class Scheduler(Handover, Supervision):
             info = self._info(fl.msg)
             if code == "K":
                 delivered.append((text, rid))
-                self.log.result(fl.delivery, "success", text)
+                said.append((fl.delivery, "success", text))
             elif code == "Z" and not expired(info.created, now, self.ctl.queuelifetime):
                 deferred.append((next_retry(info.created, now, fl.remote), text, rid))
-                self.log.result(fl.delivery, "deferral", text)
+                said.append((fl.delivery, "deferral", text))
                 continue
             else:
                 text = f"{text}\n{TOO_LONG}" if code == "Z" else text
                 failed.append((text, rid))
-                self.log.result(fl.delivery, "failure", text)
+                said.append((fl.delivery, "failure", text))
                 if is_verp(info.sender):
                     verp_failed[fl.msg].append(rid)
                 else:
                     self.unreported.add(fl.msg)
             done.append(fl.msg)
-        store.apply_results(self.conn, delivered, deferred, failed)
+        try:
+            store.apply_results(self.conn, delivered, deferred, failed)
+        except sqlite3.Error:
+            self.pending[:0] = batch  # still in flight: tried again with the next flush
+            raise
+        for delivery, kind, text in said:
+            self.log.result(delivery, kind, text)
         for rid, *_ in batch:
             fl = self.inflight.pop(rid, None)
             if fl is None:
