@@ -10,6 +10,11 @@ The lines are qmail-log(5)'s, so tools written for qmail can read them::
     bounce msg N qp P
     end msg N
 
+In the status line, a and c count the recipients handed to the local and remote
+workers and not yet answered (qmail counts running deliveries); the workers run at
+most b local deliveries and d connections at once, so a or c above its limit means
+work is waiting inside a worker.
+
 Text from reports is made "safe" as qmail does: newline becomes ``/``, any
 character below 33 or above 126, and ``%``, becomes ``_``. Each line is prefixed
 with a Unix timestamp (``@1732550000.123456 ``), as a log writer such as multilog
