@@ -152,11 +152,7 @@ def run_postfix(n: int, sessions: int, size: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--messages", type=int, default=3000)
-    ap.add_argument("--sessions", type=int, default=20)
-    ap.add_argument("--size", type=int, default=1000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--skip-postfix", action="store_true")
+    ing.add_load_args(ap, 3000)
     ap.add_argument("--compare", type=Path, metavar="DIR",
                     help="also run our engine from DIR, interleaved, reported as 'base'")
     ap.add_argument("--json", type=Path, help="write raw figures, command and commit here")

@@ -371,13 +371,18 @@ def summary(results: dict[str, list[dict]], n: int) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--messages", type=int, default=5000)
+def add_load_args(ap: argparse.ArgumentParser, messages: int) -> None:
+    """The smtp-source load and the rounds (shared with local_delivery_vs_postfix.py)."""
+    ap.add_argument("--messages", type=int, default=messages)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-postfix", action="store_true")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    add_load_args(ap, 5000)
     ap.add_argument("--listeners", type=int, default=1, metavar="N",
                     help="our SMTP listener processes on the port (mta start --smtp-procs N)")
     ap.add_argument("--json", type=Path, help="write raw figures, command and commit here")
