@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mta.queue.free import recycle_body, trim_pool
-from mta.queue.store import fsync_dir, message_path, open_queue
+from mta.queue.store import fsync_dir, open_queue
 
 __all__ = ["clean_queue", "remove_message", "remove_messages"]
 
@@ -139,11 +139,12 @@ def remove_messages(root: str | os.PathLike, conn: sqlite3.Connection,
     except BaseException:
         conn.rollback()
         raise
-    for msg_id in msg_ids:
-        _remove_body(message_path(root, msg_id))
+    mess = os.path.join(os.fspath(root), "queue", "mess")  # strings: a path object each
+    for msg_id in msg_ids:                                 # cost more than the SQL here
+        _remove_body(f"{mess}/{int(msg_id)}")
 
 
-def _remove_body(path: Path) -> None:
+def _remove_body(path: str) -> None:
     if recycle_body(path):
         return
     try:
