@@ -139,7 +139,7 @@ def _open_candidate(alias_dir: Path, name: str) -> os.stat_result | None:
     """Stat one candidate through an open fd; None when it is absent (or unsafe)."""
     if "/" in name or "\0" in name:
         return None  # LD1: never leave alias_dir, never open a subdirectory path
-    path = alias_dir / name
+    path = f"{alias_dir}/{name}"  # a string: this runs for every candidate of every lookup
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
@@ -201,11 +201,18 @@ def read_dotqmail(match: DotQmailMatch) -> bytes:
         raise DotQmailError(
             f"Unable to open {match.path}: {exc.strerror}. (#4.3.0)"
         ) from exc
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_mode & _WRITABLE:
             raise DotQmailError("Uh-oh: .qmail file is writable. (#4.7.0)")
-        return fh.read()
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise DotQmailError(f"Unable to read {match.path}: {exc.strerror}. (#4.3.0)") from exc
+    finally:
+        os.close(fd)
 
 
 def parse_dotqmail(data: bytes) -> tuple[Instruction, ...]:
@@ -249,14 +256,13 @@ def _classify(line: str) -> Instruction:
 def _exists(alias_dir: Path, name: str) -> bool:
     if "/" in name or "\0" in name:
         return False
+    path = f"{alias_dir}/{name}"
     try:
-        os.stat(alias_dir / name)
+        os.stat(path)
     except OSError as exc:
         if exc.errno in _ABSENT:
             return False
-        raise DotQmailError(
-            f"Unable to open {alias_dir / name}: {exc.strerror}. (#4.3.0)"
-        ) from exc
+        raise DotQmailError(f"Unable to open {path}: {exc.strerror}. (#4.3.0)") from exc
     return True
 
 
