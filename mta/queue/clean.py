@@ -19,8 +19,8 @@ while injectors are writing). It removes:
   the next one.
 
 ``remove_messages(root, conn, msg_ids)`` deletes finished messages: rows first (one
-transaction for the group), then the files. The file is emptied and moved to ``queue/free/`` for
-the next injection to reuse (``free.recycle_body``: only when the pool has room
+transaction for the group), then the files. A file is emptied and moved to
+``queue/free/`` for the next injection to reuse (``free.recycle_body``: only when the pool has room
 and no other process has the file open), else unlinked. A crash in between
 leaves a file without rows (possibly already emptied), which ``clean_queue``
 removes; never rows without their file.

@@ -81,7 +81,7 @@ class Bouncer:
         """``report``, logging a bounce that could not be queued; True if all went."""
         try:
             self.report(info, only)
-        except (QueueError, OSError) as e:
+        except (QueueError, OSError, sqlite3.Error) as e:  # sqlite: marking them reported
             self.log.line(f"warning: trouble injecting bounce message for msg {info.msg_id}:"
                           f" {e}; will try later")
             return False
