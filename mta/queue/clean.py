@@ -22,9 +22,8 @@ while injectors are writing). It removes:
 transaction for the group), then the files. A file is emptied and moved to
 ``queue/free/`` for the next injection to reuse (``free.recycle_body``: only when
 the pool has room and no other process has the file open), else unlinked. A crash
-in between
-leaves a file without rows (possibly already emptied), which ``clean_queue``
-removes; never rows without their file.
+in between leaves a file without rows (possibly already emptied), which
+``clean_queue`` removes; never rows without their file.
 
 Public:
     clean_queue(root) -> int                    number of files removed
