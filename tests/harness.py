@@ -9,7 +9,9 @@ run the scheduler (``kill()`` SIGKILLs its whole process group, workers included
 ``start_scheduler(**kwargs)`` runs ``Scheduler(root, **kwargs)`` in a child
 process for options ``mta send`` does not take; ``cleanup()`` kills every process
 group it started; ``queue()`` reads ``mta queue --json``; ``wait_empty(timeout)``
-waits (bounded) until the queue holds no message.
+waits (bounded) until the queue holds no message. ``open_fifo_writer(fifo, timeout)``
+waits (bounded) until a delivery program blocked on ``fifo`` has it open, and returns a
+write end: writing to it releases that program.
 """
 
 from __future__ import annotations
@@ -127,3 +129,16 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def open_fifo_writer(fifo: Path, timeout: float = 30.0) -> int:
+    """A write end of ``fifo``, once a reader (a delivery program blocked on it) has it
+    open; non-blocking opens until then, bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: nobody has opened it for reading yet
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nobody opened {fifo} within {timeout}s") from None
+            time.sleep(0.02)

@@ -53,15 +53,6 @@ __all__ = [
 PENDING, DEFERRED, DELIVERED, FAILED, BOUNCED = 0, 1, 2, 3, 4
 BUSY_TIMEOUT = 120.0  # seconds; a million-recipient injection holds the lock ~5 s
 
-
-def _busy_timeout() -> float:
-    """How long a writer waits for the database lock: ``MTA_QUEUE_BUSY_TIMEOUT``
-    seconds if set to a positive number, else BUSY_TIMEOUT."""
-    try:
-        value = float(os.environ.get("MTA_QUEUE_BUSY_TIMEOUT", BUSY_TIMEOUT))
-    except ValueError:
-        return BUSY_TIMEOUT
-    return value if value > 0 else BUSY_TIMEOUT
 _SCHEMA_VERSION = 2  # 2: finished + failures tables
 
 SCHEMA = """
@@ -103,6 +94,17 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _busy_timeout() -> float:
+    """How long a writer waits for the database lock: ``MTA_QUEUE_BUSY_TIMEOUT``
+    seconds if set to a positive number, else BUSY_TIMEOUT."""
+    try:
+        value = float(os.environ.get("MTA_QUEUE_BUSY_TIMEOUT", BUSY_TIMEOUT))
+    except ValueError:
+        return BUSY_TIMEOUT
+    return value if value > 0 else BUSY_TIMEOUT
+
 
 
 def open_queue(root: str | os.PathLike, *, create: bool = True) -> sqlite3.Connection:

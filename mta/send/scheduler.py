@@ -175,7 +175,7 @@ class Scheduler(Handover, Supervision):
             return 0.05
         nxt = store.next_due_time(self.conn)
         if self.finish_later:
-            nxt = min(self.finish_retry_at, nxt if nxt is not None else self.finish_retry_at)
+            nxt = self.finish_retry_at if nxt is None else min(nxt, self.finish_retry_at)
         if nxt is None:
             return 5.0
         return min(5.0, max(0.05, nxt - self.clock()))
@@ -405,10 +405,12 @@ class Scheduler(Handover, Supervision):
             return
         infos = {m: info for m in msg_ids if (info := self._info(m)) is not None}
         removed = set(self.bouncer.finish(list(infos.values())))
+        kept = set(infos) - removed
+        if kept:
+            self.finish_later |= kept
+            self.finish_retry_at = self.clock() + FINISH_RETRY
         for msg_id in msg_ids:
-            if msg_id in infos and msg_id not in removed:
-                self.finish_later.add(msg_id)
-                self.finish_retry_at = self.clock() + FINISH_RETRY
+            if msg_id in kept:
                 continue
             if msg_id in removed:
                 self.log.end_msg(msg_id)

@@ -44,10 +44,9 @@ import os
 import sys
 from typing import AsyncIterator
 
-from mta.send.wire import SchedulerGone, encode_results, iter_jobs, parse_line
+from mta.send.wire import SchedulerGone, encode_results, parse_line
 
-__all__ = ["WorkerProcess", "encode_results", "iter_jobs", "parse_line", "read_jobs",
-           "SchedulerGone"]
+__all__ = ["WorkerProcess", "encode_results", "read_jobs", "SchedulerGone"]
 
 _LIMIT = 64 * 1024 * 1024
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mta.instance import init_instance
 from mta.queue import enqueue
+from tests.harness import open_fifo_writer
 
 
 def _worker(root: Path) -> subprocess.Popen:
@@ -97,7 +98,7 @@ def test_cap_holds_and_stop_finishes_the_waiting_ones(tmp_path):
             time.sleep(0.02)
         for i in range(4):
             assert len(os.listdir(started)) <= 2 + i  # never more than the cap running
-            fd = _open_writer(fifos[i], deadline)
+            fd = open_fifo_writer(fifos[i], max(1.0, deadline - time.monotonic()))
             os.write(fd, b"go\n")
             os.close(fd)
         got = _results(proc, 4)
@@ -107,15 +108,6 @@ def test_cap_holds_and_stop_finishes_the_waiting_ones(tmp_path):
         proc.kill()
 
 
-def _open_writer(fifo: Path, deadline: float) -> int:
-    while True:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: that delivery has not opened it yet
-            assert time.monotonic() < deadline, f"nobody opened {fifo}"
-            time.sleep(0.02)
-
-
 def test_end_of_input_without_stop_exits_111_at_once(tmp_path):
     fifo = tmp_path / "never"
     os.mkfifo(fifo)
@@ -123,7 +115,7 @@ def test_end_of_input_without_stop_exits_111_at_once(tmp_path):
     proc = _worker(root)
     try:
         _send(proc, _job(msg, [1]))
-        _open_writer(fifo, time.monotonic() + 20)  # the delivery is running, and blocked
+        open_fifo_writer(fifo, 20)  # the delivery is running, and blocked
         proc.stdin.close()
         assert proc.wait(20) == 111
         assert proc.stdout.read() == b""  # nothing reported for the unfinished delivery

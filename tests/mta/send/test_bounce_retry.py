@@ -12,14 +12,8 @@ from __future__ import annotations
 import os
 import signal
 
+from tests.harness import open_fifo_writer
 from tests.sink import Sink
-
-
-def _open_writer(fifo) -> int | None:
-    try:
-        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:  # ENXIO: the delivery program has not opened it yet
-        return None
 
 
 def test_bounce_that_cannot_be_queued_is_sent_later(inst, tmp_path):
@@ -30,14 +24,12 @@ def test_bounce_that_cannot_be_queued_is_sent_later(inst, tmp_path):
         inst.route([("home.test", "127.0.3.9", home.port)])
         assert inst.inject("someone@home.test", ["fails@mx.test"]) == 0
         inst.start()
-        writer: list[int] = []
-        inst.wait_until(lambda: writer.append(w) or True if (w := _open_writer(fifo)) else False,
-                        30, "the delivery program to wait on its FIFO")
+        writer = open_fifo_writer(fifo)  # the delivery program is waiting on it
         tmp, away = inst.root / "queue" / "tmp", inst.root / "queue" / "tmp.away"
         tmp.rename(away)
         tmp.write_text("not a folder: every injection fails")
-        os.write(writer[0], b"go\n")
-        os.close(writer[0])
+        os.write(writer, b"go\n")
+        os.close(writer)
         inst.wait_until(lambda: any("trouble injecting bounce message for msg" in line
                                     for line in inst.log_lines()), 30, "the bounce warning")
         assert inst.proc.poll() is None, "the scheduler died"

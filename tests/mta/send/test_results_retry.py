@@ -12,16 +12,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 
-
-def _open_writer(fifo, deadline: float) -> int:
-    while True:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: the delivery program has not opened it yet
-            assert time.monotonic() < deadline, f"nobody opened {fifo}"
-            time.sleep(0.02)
+from tests.harness import open_fifo_writer
 
 
 def test_result_committed_after_the_database_lock_is_released(inst, tmp_path):
@@ -32,7 +24,7 @@ def test_result_committed_after_the_database_lock_is_released(inst, tmp_path):
     (inst.root / "alias" / ".qmail-box").write_text(f"|read x < {fifo}\n./box/\n")
     assert inst.inject("a@mx.test", ["box@mx.test"]) == 0
     inst.start(env={"MTA_QUEUE_BUSY_TIMEOUT": "1"})
-    fd = _open_writer(fifo, time.monotonic() + 30)  # the delivery is running
+    fd = open_fifo_writer(fifo)  # the delivery is running
     lock = sqlite3.connect(inst.root / "queue" / "queue.db", isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # the write lock, held past the busy timeout
     try:
