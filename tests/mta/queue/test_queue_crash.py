@@ -116,7 +116,12 @@ def test_random_kills_with_concurrent_injectors_and_cleaner(root: Path, tmp_path
     rng = random.Random(int(os.environ.get("QUEUE_STRESS_SEED", time.time_ns() % 10**6)))
     scratch = tmp_path / "s"
     scratch.mkdir()
-    jobs = [_make_job(rng, scratch, i) for i in range(60)]
+    # a fixed mix in a random order: drawing each job's mode (3 in 8 "ok") left fewer
+    # than 20 "ok" shims in up to a fifth of runs, and the check below failed by chance
+    modes = (["ok"] * 24 + ["kill"] * 16 + ["after_mess_fsync"] * 7
+             + ["after_intd_fsync"] * 7 + ["after_commit"] * 6)
+    rng.shuffle(modes)
+    jobs = [_make_job(rng, scratch, i, mode) for i, mode in enumerate(modes)]
     stop = threading.Event()
     cleaner = threading.Thread(target=_clean_until, args=(root, stop), daemon=True)
     cleaner.start()
@@ -136,12 +141,10 @@ def test_random_kills_with_concurrent_injectors_and_cleaner(root: Path, tmp_path
     assert sorted(files(root, "mess"), key=int) == [str(m[0]) for m in messages(root)]
 
 
-def _make_job(rng: random.Random, scratch: Path, i: int) -> dict:
+def _make_job(rng: random.Random, scratch: Path, i: int, mode: str) -> dict:
     token = f"tok{i:03d}"
     body = f"Subject: {token}\n\n".encode() + rng.randbytes(rng.randrange(0, 200_000))
     rcpts = [f"r{j}.{token}@d{j % 5}.test" for j in range(rng.randrange(1, 3000))]
-    mode = rng.choice(["ok", "ok", "ok", "kill", "kill", "after_mess_fsync",
-                       "after_intd_fsync", "after_commit"])
     (scratch / f"{token}.m").write_bytes(body)
     (scratch / f"{token}.e").write_bytes(envelope(f"s.{token}@x", rcpts))
     return {"token": token, "body": body, "rcpts": rcpts, "mode": mode, "rc": None, "err": b""}
